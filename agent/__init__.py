@@ -1,0 +1,1 @@
+"""lepton-agent: the node agent (metrics sampler, task runner, reconciler, controller session)."""

@@ -1,0 +1,1 @@
+"""lepton-controller: Raft-replicated cluster state, the gRPC API and the leader's loops."""
