@@ -42,8 +42,8 @@ def is_fresh() -> bool:
 
 def generate(proto_dir: Path = PROTO_DIR, out_dir: Path = OUT_DIR) -> list[Path]:
     """Runs protoc (from grpcio-tools) and writes *_pb2.py, *_pb2.pyi, *_pb2_grpc.py."""
-    from grpc_tools import protoc  # build-time dependency
     import grpc_tools
+    from grpc_tools import protoc  # build-time dependency
 
     files = proto_files(proto_dir)
     if not files:

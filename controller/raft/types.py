@@ -20,22 +20,22 @@ class MsgType(IntEnum):
     VOTE_RESP = 2
     PRE_VOTE = 3
     PRE_VOTE_RESP = 4
-    APP = 5               # AppendEntries (also carries commit)
+    APP = 5  # AppendEntries (also carries commit)
     APP_RESP = 6
     HEARTBEAT = 7
     HEARTBEAT_RESP = 8
-    SNAP = 9              # InstallSnapshot; the transport chunks snapshot.data on the wire
-    SNAP_STATUS = 10      # local only: the transport reports a snapshot send finished/failed
-    TIMEOUT_NOW = 11      # leadership transfer: start an election immediately
-    READ_INDEX = 12       # follower -> leader: ask for a read index (context identifies it)
+    SNAP = 9  # InstallSnapshot; the transport chunks snapshot.data on the wire
+    SNAP_STATUS = 10  # local only: the transport reports a snapshot send finished/failed
+    TIMEOUT_NOW = 11  # leadership transfer: start an election immediately
+    READ_INDEX = 12  # follower -> leader: ask for a read index (context identifies it)
     READ_INDEX_RESP = 13
-    UNREACHABLE = 14      # local only: transport says a peer is unreachable
+    UNREACHABLE = 14  # local only: transport says a peer is unreachable
 
 
 class EntryType(IntEnum):
     NORMAL = 0
-    CONF_CHANGE = 1       # data = ConfChange.encode()
-    EMPTY = 2             # the no-op a new leader appends to commit entries of earlier terms
+    CONF_CHANGE = 1  # data = ConfChange.encode()
+    EMPTY = 2  # the no-op a new leader appends to commit entries of earlier terms
 
 
 class Role(IntEnum):
@@ -56,7 +56,7 @@ class Entry:
 @dataclass(slots=True)
 class HardState:
     term: int = 0
-    vote: str = ""        # node id voted for in `term`, "" = none
+    vote: str = ""  # node id voted for in `term`, "" = none
     commit: int = 0
 
 
@@ -107,15 +107,15 @@ class Message:
     frm: str
     to: str
     term: int = 0
-    log_term: int = 0        # APP: term of entry at `index`; VOTE: last log term
-    index: int = 0           # APP: index preceding `entries`; VOTE: last log index; APP_RESP: match/last index
+    log_term: int = 0  # APP: term of entry at `index`; VOTE: last log term
+    index: int = 0  # APP: index preceding `entries`; VOTE: last log index; APP_RESP: match/last index
     entries: tuple[Entry, ...] = ()
     commit: int = 0
     reject: bool = False
-    reject_hint: int = 0     # APP_RESP reject: follower's hint index (conflict optimisation)
-    hint_term: int = 0       # APP_RESP reject: term at reject_hint in follower's log
+    reject_hint: int = 0  # APP_RESP reject: follower's hint index (conflict optimisation)
+    hint_term: int = 0  # APP_RESP reject: term at reject_hint in follower's log
     snapshot: Snapshot | None = None
-    context: bytes = b""     # READ_INDEX / heartbeat context, transfer marker for VOTE
+    context: bytes = b""  # READ_INDEX / heartbeat context, transfer marker for VOTE
 
 
 @dataclass(slots=True, frozen=True)
@@ -128,7 +128,7 @@ class ReadState:
 
 @dataclass(slots=True, frozen=True)
 class SoftState:
-    leader: str             # "" when unknown
+    leader: str  # "" when unknown
     role: Role
 
 
