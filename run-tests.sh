@@ -6,24 +6,9 @@
 # (e.g. `./run-tests.sh -m soak`, `./run-tests.sh tests/test_units.py`).
 set -euo pipefail
 cd "$(dirname "$0")"
-
-PY=${PYTHON:-}
-if [ -z "$PY" ]; then
-  for cand in python3.12 python3.11 python3; do
-    if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
-      PY=$cand; break
-    fi
-  done
-fi
-[ -n "$PY" ] || { echo "run-tests.sh: Python >= 3.11 is required" >&2; exit 2; }
-
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
-fi
-# shellcheck disable=SC1091
-. .venv/bin/activate
-python -m pip install -q --upgrade pip >/dev/null
-python -m pip install -q -e '.[test]'
+LEPTON_EXTRAS="[test]"
+# shellcheck source=tools/venv.sh
+. tools/venv.sh
 
 # Network-namespace tests need ip(8) and iptables; install them when we can.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -31,6 +16,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
   command -v iptables >/dev/null 2>&1 || missing="$missing iptables"
   if [ -n "$missing" ]; then
+    # shellcheck disable=SC2086
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing) >/dev/null 2>&1 \
       || echo "run-tests.sh: could not install$missing; namespace tests will be skipped" >&2
   fi
