@@ -1,0 +1,111 @@
+"""`place()`: the pure placement planner (design brief § 5).
+
+Takes an immutable `ClusterView` and the pending tasks, answers a `Plan`:
+assignments, the preemptions they need, and the tasks that cannot be placed
+with their reasons. No clock, randomness or I/O: the same input gives the same
+plan, which is what lets the leader verify and commit it as one Raft entry.
+
+Order: priority descending, then submission `order`, then task id. Each task
+goes to the best-scoring feasible node (scoring.py); later tasks see the
+reservations of earlier ones. A task that fits nowhere tries preemption
+(preempt.py); failing that it is reported with aggregated filter reasons
+(reasons.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from controller.placement import reasons as R
+from controller.placement.model import (
+    Assignment,
+    ClusterView,
+    Plan,
+    Policy,
+    Preemption,
+    TaskRequest,
+    Unplaced,
+)
+from controller.placement.preempt import find_preemption
+from controller.placement.scoring import DEFAULT_WEIGHTS, Scorer, Shape
+from controller.placement.state import NDIM, PlanState
+
+
+def place(
+    view: ClusterView,
+    pending: Sequence[TaskRequest],
+    policy: Policy = Policy.BINPACK,
+    *,
+    preemption: bool = True,
+    weights: tuple[float, float, float, float] = DEFAULT_WEIGHTS,
+) -> Plan:
+    """Plan placements for `pending` on `view`. Pure and deterministic."""
+    state = PlanState(view)
+    scorer = Scorer(state, policy, weights)
+    assignments: list[Assignment] = []
+    preemptions: list[Preemption] = []
+    unplaced: list[Unplaced] = []
+
+    for task in sorted(pending, key=lambda t: (-t.priority, t.order, t.task_id)):
+        shape = scorer.shape_for(task)
+        i, score = scorer.best(shape)
+        if i < 0 and preemption:
+            chosen = find_preemption(state, shape, task.priority)
+            if chosen is not None:
+                i, victims = chosen
+                for t in sorted(victims, key=lambda t: state.t_ids[t]):
+                    state.evict(t)
+                    preemptions.append(Preemption(state.t_ids[t], state.ids[i], task.task_id))
+                score = scorer.row(shape, i)
+        if i < 0:
+            counts = unplaced_counts(state, task, shape)
+            unplaced.append(Unplaced(task.task_id, R.format_reason(counts), counts))
+            continue
+        state.assign(i, shape.req, task.job_id)
+        assignments.append(Assignment(task.task_id, state.ids[i], score))
+
+    return Plan(tuple(assignments), tuple(preemptions), tuple(unplaced))
+
+
+def unplaced_counts(state: PlanState, task: TaskRequest, shape: Shape) -> dict[str, int]:
+    """Attribute every node to the first filter it fails (see reasons.py) and count."""
+    counts: dict[str, int] = {}
+    if state.n == 0:
+        return counts
+
+    def take(key: str, failing: np.ndarray) -> None:
+        n = int(np.count_nonzero(failing))
+        if n:
+            counts[key] = counts.get(key, 0) + n
+
+    left = state.ready.copy()
+    take(R.DOWN, ~state.ready)
+    take(R.CORDONED, left & ~state.schedulable)
+    left &= state.schedulable
+    if task.avoid_nodes:
+        avoid = np.zeros(state.n, dtype=bool)
+        for nid in task.avoid_nodes:
+            j = state.index.get(nid)
+            if j is not None:
+                avoid[j] = True
+        take(R.AVOIDED, left & avoid)
+        left &= ~avoid
+    for c in task.constraints:
+        m = state.masks.constraint(c)
+        take(R.constraint_key(c), left & ~m)
+        left &= m
+    if task.gpu_model:
+        m = state.masks.gpu_model(task.gpu_model)
+        take(R.gpu_model_key(task.gpu_model), left & ~m)
+        left &= m
+    if shape.job is not None:
+        taken = np.zeros(state.n, dtype=bool)
+        for j in state.job_nodes.get(shape.job, {}):
+            taken[j] = True
+        take(R.DISTINCT, left & taken)
+        left &= ~taken
+    for d in range(NDIM):
+        take(R.INSUFFICIENT[d], left & (state.free[d] < shape.req[d]))
+    return counts
