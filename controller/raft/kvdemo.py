@@ -1,0 +1,183 @@
+"""A replicated key-value map on RaftNode, and a process entry point for tests and the benchmark.
+
+    python -m controller.raft.kvdemo --id c1 \\
+        --peers c1=127.0.0.1:7101,c2=127.0.0.1:7102,c3=127.0.0.1:7103 \\
+        --data-dir /tmp/c1 --listen 127.0.0.1:7201
+
+`--peers` are the Raft addresses; `--listen` is where the KvDemo gRPC API
+(raft.proto) is served: Put goes through Raft (a follower answers
+FAILED_PRECONDITION with a NotLeader detail naming the leader's raft id),
+Get does a read-index barrier unless `stale` is set, Status reports the
+replica's view. Once serving, the process prints one line
+``READY <api port> <raft port>`` to stdout, and it stops cleanly on SIGTERM
+or SIGINT. Not part of the product: it is the smallest real state machine
+that lets tests kill and restart real replica processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import struct
+import sys
+from pathlib import Path
+
+import grpc
+
+from lepton.errors import LeptonError, abort
+from lepton.v1 import raft_pb2, raft_pb2_grpc
+
+from .node import RaftConfig, RaftNode
+
+_LEN = struct.Struct("<I")
+
+
+class KvStateMachine:
+    """Commands are ``<u32 key length><key><value>``; apply returns the index it was applied at."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    @staticmethod
+    def encode_put(key: str, value: bytes) -> bytes:
+        k = key.encode()
+        return _LEN.pack(len(k)) + k + value
+
+    def apply(self, index: int, term: int, data: bytes) -> object:
+        (n,) = _LEN.unpack_from(data)
+        self.data[data[4 : 4 + n].decode()] = data[4 + n :]
+        return index
+
+    def snapshot(self) -> bytes:
+        parts = [_LEN.pack(len(self.data))]
+        for k, v in sorted(self.data.items()):
+            kb = k.encode()
+            parts += [_LEN.pack(len(kb)), kb, _LEN.pack(len(v)), v]
+        return b"".join(parts)
+
+    def restore(self, blob: bytes) -> None:
+        data = {}
+        (count,) = _LEN.unpack_from(blob)
+        p = 4
+        for _ in range(count):
+            (kl,) = _LEN.unpack_from(blob, p)
+            k = blob[p + 4 : p + 4 + kl].decode()
+            p += 4 + kl
+            (vl,) = _LEN.unpack_from(blob, p)
+            data[k] = blob[p + 4 : p + 4 + vl]
+            p += 4 + vl
+        self.data = data
+
+
+class KvServicer(raft_pb2_grpc.KvDemoServicer):
+    def __init__(self, node: RaftNode, sm: KvStateMachine) -> None:
+        self.node = node
+        self.sm = sm
+
+    async def Put(self, request, context):  # noqa: N802 (gRPC method name)
+        try:
+            index = await self.node.propose(KvStateMachine.encode_put(request.key, request.value))
+        except LeptonError as e:
+            await abort(context, e)
+        return raft_pb2.KvPutResponse(index=index)
+
+    async def Get(self, request, context):  # noqa: N802
+        if not request.stale:
+            try:
+                await self.node.read_index()
+            except LeptonError as e:
+                await abort(context, e)
+        v = self.sm.data.get(request.key)
+        return raft_pb2.KvGetResponse(found=v is not None, value=v or b"")
+
+    async def Status(self, request, context):  # noqa: N802
+        n = self.node
+        return raft_pb2.KvStatusResponse(
+            id=n.id,
+            role=n.role,
+            leader_id=n.leader_id,
+            term=n.term,
+            commit_index=n.commit_index,
+            applied_index=n.applied_index,
+            keys=len(self.sm.data),
+            snapshot_index=n.snapshot_index,
+        )
+
+
+def parse_peers(text: str) -> dict[str, str]:
+    peers = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        pid, sep, addr = part.partition("=")
+        if not sep or not pid or ":" not in addr:
+            raise ValueError(f"bad peer {part!r}: expected id=host:port")
+        peers[pid.strip()] = addr.strip()
+    if not peers:
+        raise ValueError("--peers is empty")
+    return peers
+
+
+async def serve(args: argparse.Namespace) -> None:
+    sm = KvStateMachine()
+    cfg = RaftConfig(
+        id=args.id,
+        peers=parse_peers(args.peers),
+        data_dir=Path(args.data_dir),
+        tick_interval=args.tick,
+        election_ticks=args.election_ticks,
+        heartbeat_ticks=args.heartbeat_ticks,
+        snapshot_entries=args.snapshot_entries,
+        fsync=not args.no_fsync,
+        cluster_id=args.cluster_id,
+        wal_segment_bytes=args.segment_bytes,
+    )
+    node = RaftNode(cfg, sm)
+    await node.start()
+    server = grpc.aio.server()
+    raft_pb2_grpc.add_KvDemoServicer_to_server(KvServicer(node, sm), server)
+    port = server.add_insecure_port(args.listen)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"READY {port} {node.raft_port}", flush=True)
+    await stop.wait()
+    await server.stop(0.5)
+    await node.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m controller.raft.kvdemo", description=__doc__.split("\n")[0])
+    ap.add_argument("--id", required=True)
+    ap.add_argument("--peers", required=True, help="id=host:port,... raft addresses including this replica")
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--listen", default="127.0.0.1:0", help="KvDemo API address (port 0: any)")
+    ap.add_argument("--cluster-id", default="kvdemo")
+    ap.add_argument("--tick", type=float, default=0.05, help="seconds per raft tick")
+    ap.add_argument("--election-ticks", type=int, default=10)
+    ap.add_argument("--heartbeat-ticks", type=int, default=2)
+    ap.add_argument("--snapshot-entries", type=int, default=10_000)
+    ap.add_argument("--segment-bytes", type=int, default=64 * 1024 * 1024)
+    ap.add_argument("--no-fsync", action="store_true")
+    ap.add_argument("--log-level", default="WARNING")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        parse_peers(args.peers)
+        if args.id not in parse_peers(args.peers):
+            raise ValueError(f"--peers does not name this replica ({args.id})")
+        asyncio.run(serve(args))
+    except (ValueError, LeptonError, OSError) as e:
+        print(f"kvdemo: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
