@@ -1,0 +1,223 @@
+"""AgentService.Connect (agent.proto): one long-lived stream per node agent, on the leader.
+
+A follower refuses the stream with FAILED_PRECONDITION + NotLeader detail.
+On the leader the first message must be Hello: it is validated, proposed as
+RegisterNode, answered with Welcome and immediately with the node's full
+desired set. From then on the handler writes the desired set again whenever
+a committed command changes it (sessions.py decides), while a reader task
+consumes Reports (soft state: usage, last report time) and TaskEvents
+(proposed as TaskUpdate; events of different tasks go out concurrently so
+Raft batches them, events of one task in order). When this replica stops
+leading, the stream ends with NotLeader so the agent reconnects to the new
+leader.
+
+Task states the agent lists in Hello and Reports are also compared with the
+replicated state: an event that was lost in a failover is then recovered
+from the next report (level-triggered in both directions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import grpc
+
+from controller.state import commands, validate
+from lepton.errors import InvalidArgument, LeptonError, NotLeader, abort
+from lepton.v1 import agent_pb2, agent_pb2_grpc, commands_pb2, types_pb2
+
+log = logging.getLogger("lepton.controller.agents")
+
+HELLO_TIMEOUT = 10.0
+TS = types_pb2.TaskState
+_EVENT_STATE = {
+    agent_pb2.TASK_EVENT_STARTED: TS.TASK_STATE_RUNNING,
+    agent_pb2.TASK_EVENT_FAILED_TO_START: TS.TASK_STATE_FAILED,
+    agent_pb2.TASK_EVENT_STOPPED: TS.TASK_STATE_STOPPED,
+    agent_pb2.TASK_EVENT_RESTARTING: TS.TASK_STATE_STARTING,
+}
+# States an agent may report for a task; anything else in a report is ignored.
+_REPORTABLE = frozenset(
+    {
+        TS.TASK_STATE_STARTING,
+        TS.TASK_STATE_RUNNING,
+        TS.TASK_STATE_SUCCEEDED,
+        TS.TASK_STATE_FAILED,
+        TS.TASK_STATE_STOPPED,
+    }
+)
+
+
+def update_from_event(node_id: str, ev: agent_pb2.TaskEvent) -> commands_pb2.TaskUpdate | None:
+    if ev.type == agent_pb2.TASK_EVENT_EXITED:
+        state = TS.TASK_STATE_SUCCEEDED if ev.exit_code == 0 else TS.TASK_STATE_FAILED
+    else:
+        state = _EVENT_STATE.get(ev.type)
+        if state is None:
+            return None
+    reason = ev.reason[: validate.MAX_TEXT_LEN]
+    if not reason and ev.type == agent_pb2.TASK_EVENT_EXITED:
+        reason = f"exited with code {ev.exit_code}"
+    return commands_pb2.TaskUpdate(
+        task_id=ev.task_id,
+        attempt=ev.attempt,
+        state=state,
+        exit_code=ev.exit_code,
+        reason=reason,
+        node_id=node_id,
+    )
+
+
+class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+    def __init__(self, replica) -> None:
+        self.r = replica
+
+    async def Connect(self, request_iterator, context):
+        try:
+            await self._connect(request_iterator, context)
+        except LeptonError as e:
+            await abort(context, e)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception:
+            log.exception("agent stream failed")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the controller log")
+
+    async def _connect(self, request_iterator, context) -> None:
+        r = self.r
+        r.require_leader()
+        it = request_iterator.__aiter__()
+        try:
+            first = await asyncio.wait_for(it.__anext__(), HELLO_TIMEOUT)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise InvalidArgument(f"no Hello within {HELLO_TIMEOUT:g}s") from None
+        if first.WhichOneof("msg") != "hello":
+            raise InvalidArgument("the first message on an agent stream must be Hello")
+        hello = first.hello
+        body = commands.register_node_from_hello(hello)
+        validate.validate_register_node(body)
+        await r.propose(body)
+        node_id = hello.node_id
+        session = r.sessions.open(node_id)
+        r.sessions.touch(node_id, r.clock.monotonic(), r.clock.now_ms())
+        r.sessions.capacity_changed.set()
+        log.info("agent %s connected (%s)", node_id, hello.hostname)
+        await context.write(
+            agent_pb2.ControllerMessage(
+                welcome=agent_pb2.Welcome(
+                    controller_id=r.id,
+                    term=r.node.term,
+                    report_interval_ms=int(r.cfg.report_interval * 1000),
+                    node_id=node_id,
+                )
+            )
+        )
+        tracker = _TaskTracker(r, node_id)
+        tracker.reconcile(hello.tasks)
+        reader = asyncio.create_task(self._read(session, it, tracker), name=f"agent-read-{node_id}")
+        try:
+            while await session.wait_for_change():
+                version, tasks = r.state.desired_for_node(node_id)
+                msg = session.due_desired(version, tasks)
+                if msg is not None:
+                    await context.write(agent_pb2.ControllerMessage(desired=msg))
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            await tracker.close()
+            r.sessions.close(session)
+            log.info("agent %s stream closed", node_id)
+        if not r.is_leader:
+            raise r.not_leader()
+
+    async def _read(self, session, it, tracker: _TaskTracker) -> None:
+        r = self.r
+        try:
+            async for msg in it:
+                kind = msg.WhichOneof("msg")
+                if kind == "report":
+                    r.sessions.record_report(
+                        session.node_id, msg.report, r.clock.monotonic(), r.clock.now_ms()
+                    )
+                    tracker.reconcile(msg.report.task_states)
+                elif kind == "task_event":
+                    upd = update_from_event(session.node_id, msg.task_event)
+                    if upd is not None:
+                        tracker.submit(upd)
+                # A second Hello or an unknown kind (newer agent) is ignored.
+        except (grpc.RpcError, asyncio.CancelledError):
+            pass
+        finally:
+            session.close()
+
+
+class _TaskTracker:
+    """Proposes TaskUpdates for one agent: per task in order, across tasks concurrently.
+
+    It remembers what it last proposed per (task, attempt) so a state that
+    reports repeat every second is proposed once, not once per report.
+    """
+
+    def __init__(self, replica, node_id: str) -> None:
+        self.r = replica
+        self.node_id = node_id
+        self._chains: dict[str, asyncio.Task] = {}
+        self._proposed: dict[tuple[str, int], int] = {}
+
+    def submit(self, upd: commands_pb2.TaskUpdate) -> None:
+        key = (upd.task_id, upd.attempt)
+        if self._proposed.get(key) == upd.state:
+            return
+        self._proposed[key] = upd.state
+        prev = self._chains.get(upd.task_id)
+        self._chains[upd.task_id] = asyncio.create_task(self._propose_after(prev, upd))
+
+    async def _propose_after(self, prev: asyncio.Task | None, upd: commands_pb2.TaskUpdate) -> None:
+        if prev is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await prev
+        try:
+            await self.r.propose(upd)
+        except NotLeader:
+            pass
+        except LeptonError as e:
+            # Stale attempts and finished tasks are rejected by apply: expected after moves.
+            log.debug("task update %s/%d from %s not applied: %s", upd.task_id, upd.attempt, self.node_id, e)
+            self._proposed.pop((upd.task_id, upd.attempt), None)
+        finally:
+            if self._chains.get(upd.task_id) is asyncio.current_task():
+                del self._chains[upd.task_id]
+
+    def reconcile(self, running) -> None:
+        """Proposes the agent's view of a task where the replicated state disagrees."""
+        for rt in running:
+            if rt.state not in _REPORTABLE or not rt.task_id:
+                continue
+            task = self.r.state.task(rt.task_id) if hasattr(self.r.state, "task") else None
+            if task is None or task.attempt != rt.attempt or task.state == rt.state:
+                continue
+            if task.node_id != self.node_id and task.migrating_to != self.node_id:
+                continue
+            self.submit(
+                commands_pb2.TaskUpdate(
+                    task_id=rt.task_id,
+                    attempt=rt.attempt,
+                    state=rt.state,
+                    exit_code=rt.exit_code,
+                    reason=rt.reason[: validate.MAX_TEXT_LEN],
+                    node_id=self.node_id,
+                )
+            )
+
+    async def close(self) -> None:
+        chains = list(self._chains.values())
+        for t in chains:
+            t.cancel()
+        for t in chains:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t

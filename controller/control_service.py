@@ -1,0 +1,315 @@
+"""ControlService (control.proto): the API of lepton-ctl and the Python client.
+
+Thin by design: each RPC validates its input (InvalidArgument before anything
+reaches Raft), then either proposes one command on the leader or reads the
+replicated state (after a read_index barrier unless stale=true). All rules
+live in ClusterState.apply and controller/state/validate.py. Every failure
+leaves as a LeptonError mapped by lepton.errors.abort(); an unexpected bug
+becomes INTERNAL with a log line, never a crashed process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import secrets
+
+import grpc
+
+from controller import rebalancing
+from controller.state import validate
+from lepton.errors import InvalidArgument, LeptonError, NotFound, abort
+from lepton.v1 import commands_pb2, control_pb2, control_pb2_grpc, types_pb2
+
+log = logging.getLogger("lepton.controller.api")
+
+MAX_ID_LEN = 253
+MAX_REQUEST_ID_LEN = 256
+MAX_WATCH_TYPES = 64
+WATCH_POLL = 1.0  # follow-mode wake-up even without state changes, to notice a cancelled call
+
+
+def rpc(fn):
+    """Maps LeptonErrors to statuses and any other exception to INTERNAL (logged)."""
+
+    @functools.wraps(fn)
+    async def wrapper(self, request, context):
+        try:
+            return await fn(self, request, context)
+        except LeptonError as e:
+            await abort(context, e)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception:
+            log.exception("%s failed", fn.__name__)
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"internal error in {fn.__name__}; see the controller log"
+            )
+
+    return wrapper
+
+
+def new_job_id(now_ms: int) -> str:
+    """Short, sortable-ish and unique: base-36 time plus random bits (made by the proposer, not apply)."""
+    t, digits = now_ms, ""
+    while t:
+        t, d = divmod(t, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[d] + digits
+    return f"j{digits}{secrets.token_hex(3)}"
+
+
+def _check_id(value: str, what: str) -> str:
+    if not value:
+        raise InvalidArgument(f"{what} is empty")
+    if len(value) > MAX_ID_LEN:
+        raise InvalidArgument(f"{what} is longer than {MAX_ID_LEN} characters")
+    if any(ord(c) < 32 for c in value):
+        raise InvalidArgument(f"{what} contains control characters")
+    return value
+
+
+class ControlServicer(control_pb2_grpc.ControlServiceServicer):
+    def __init__(self, replica) -> None:
+        self.r = replica
+
+    # ---- helpers ----------------------------------------------------------
+
+    def _node(self, node_id: str) -> types_pb2.Node:
+        n = self.r.state.node(node_id)
+        if n is None:
+            raise NotFound(f"node {node_id!r} not found")
+        return self._decorate(n)
+
+    def _decorate(self, n: types_pb2.Node) -> types_pb2.Node:
+        """Adds the leader's soft state (live usage, last report, connected) to a node record."""
+        out = types_pb2.Node()
+        out.CopyFrom(n)
+        live = self.r.sessions.live.get(n.id)
+        if live is not None:
+            out.usage.CopyFrom(live.usage)
+            out.last_report_ms = live.last_report_ms
+        out.connected = self.r.sessions.connected(n.id)
+        return out
+
+    def _job(self, id_or_name: str) -> types_pb2.Job:
+        job = self.r.state.job(id_or_name)
+        if job is None:
+            raise NotFound(f"job {id_or_name!r} not found")
+        return job
+
+    def _job_detail(self, job: types_pb2.Job) -> control_pb2.JobDetail:
+        return control_pb2.JobDetail(job=job, tasks=self.r.state.tasks(job_id=job.id))
+
+    # ---- cluster ----------------------------------------------------------
+
+    @rpc
+    async def GetClusterStatus(self, request, context):
+        await self.r.read(request.stale)
+        node, state = self.r.node, self.r.state
+        leader = node.leader_id
+        registered = {m.id: m for m in state.members()}
+        progress = node.peer_progress() if node.is_leader else {}
+        members = []
+        for mid, raft_addr in sorted(node.members().items()):
+            m = registered.get(mid)
+            p = progress.get(mid, {})
+            members.append(
+                control_pb2.Member(
+                    id=mid,
+                    api_address=self.r.member_api_address(mid) or (m.api_address if m else ""),
+                    raft_address=raft_addr,
+                    role="leader" if mid == leader else ("follower" if leader else "unknown"),
+                    healthy=(mid == node.id) or bool(p.get("recent_active", False)),
+                    match_index=int(p.get("match", 0)),
+                )
+            )
+        nodes = state.nodes()
+        by_state: dict[str, int] = {}
+        for t in state.tasks():
+            name = types_pb2.TaskState.Name(t.state).removeprefix("TASK_STATE_").lower()
+            by_state[name] = by_state.get(name, 0) + 1
+        return control_pb2.ClusterStatus(
+            leader_id=leader,
+            leader_api_address=self.r.member_api_address(leader),
+            term=node.term,
+            commit_index=node.commit_index,
+            applied_index=node.applied_index,
+            members=members,
+            answered_by=node.id,
+            nodes_total=len(nodes),
+            nodes_ready=sum(1 for n in nodes if n.status == types_pb2.NODE_STATUS_READY),
+            jobs_total=len(state.jobs(include_finished=True)),
+            tasks_by_state=by_state,
+        )
+
+    @rpc
+    async def RegisterMember(self, request, context):
+        _check_id(request.id, "member id")
+        if request.id not in self.r.node.members():
+            raise InvalidArgument(f"{request.id!r} is not a member of this cluster")
+        for value, what in ((request.api_address, "api_address"), (request.raft_address, "raft_address")):
+            if len(value) > MAX_ID_LEN or (value and ":" not in value):
+                raise InvalidArgument(f"{what} must be HOST:PORT")
+        self.r.require_leader()
+        await self.r.propose(
+            commands_pb2.RegisterMember(
+                id=request.id, api_address=request.api_address, raft_address=request.raft_address
+            )
+        )
+        return control_pb2.RegisterMemberResponse()
+
+    # ---- nodes ------------------------------------------------------------
+
+    @rpc
+    async def ListNodes(self, request, context):
+        await self.r.read(request.stale)
+        return control_pb2.ListNodesResponse(nodes=[self._decorate(n) for n in self.r.state.nodes()])
+
+    @rpc
+    async def GetNode(self, request, context):
+        _check_id(request.id, "node id")
+        await self.r.read(request.stale)
+        node = self._node(request.id)
+        return control_pb2.NodeDetail(node=node, tasks=self.r.state.tasks(node_id=request.id))
+
+    async def _node_write(self, node_id: str, body) -> types_pb2.Node:
+        _check_id(node_id, "node id")
+        self.r.require_leader()
+        self._node(node_id)  # NOT_FOUND before anything is proposed
+        await self.r.propose(body)
+        self.r.sessions.capacity_changed.set()
+        return self._node(node_id)
+
+    @rpc
+    async def CordonNode(self, request, context):
+        return await self._node_write(
+            request.id, commands_pb2.CordonNode(node_id=request.id, reason="cordoned by operator")
+        )
+
+    @rpc
+    async def UncordonNode(self, request, context):
+        return await self._node_write(request.id, commands_pb2.UncordonNode(node_id=request.id))
+
+    @rpc
+    async def DrainNode(self, request, context):
+        # The request's deadline is relative ("drain within 5 minutes"); the
+        # command's is absolute on the leader clock, so apply stays clock-free.
+        if request.deadline_ms < 0:
+            raise InvalidArgument("drain deadline must not be negative")
+        deadline = self.r.clock.now_ms() + request.deadline_ms if request.deadline_ms else 0
+        body = commands_pb2.DrainNode(
+            node_id=request.id,
+            deadline_ms=deadline,
+            max_parallel=request.max_parallel or self.r.cfg.drain_max_parallel,
+            cancel=request.cancel,
+        )
+        _check_id(request.id, "node id")
+        validate.validate_drain(body)
+        return await self._node_write(request.id, body)
+
+    # ---- jobs and tasks ---------------------------------------------------
+
+    @rpc
+    async def SubmitJob(self, request, context):
+        if not request.HasField("spec"):
+            raise InvalidArgument("request has no job spec")
+        validate.validate_job_spec(request.spec)
+        if len(request.request_id) > MAX_REQUEST_ID_LEN:
+            raise InvalidArgument(f"request_id is longer than {MAX_REQUEST_ID_LEN} characters")
+        self.r.require_leader()
+        job_id = new_job_id(self.r.clock.now_ms())
+        body = commands_pb2.SubmitJob(job_id=job_id, spec=request.spec)
+        validate.validate_submit(body, request.request_id)
+        result = await self.r.propose(body, request_id=request.request_id)
+        # A retried request id answers with the job the first attempt created.
+        if isinstance(result, types_pb2.Job):
+            job_id = result.id
+        elif isinstance(result, str) and result:
+            job_id = result
+        self.r.sessions.capacity_changed.set()
+        return self._job_detail(self._job(job_id))
+
+    @rpc
+    async def GetJob(self, request, context):
+        _check_id(request.id, "job id or name")
+        await self.r.read(request.stale)
+        return self._job_detail(self._job(request.id))
+
+    @rpc
+    async def ListJobs(self, request, context):
+        await self.r.read(request.stale)
+        return control_pb2.ListJobsResponse(jobs=self.r.state.jobs(include_finished=request.include_finished))
+
+    @rpc
+    async def CancelJob(self, request, context):
+        _check_id(request.id, "job id or name")
+        self.r.require_leader()
+        job = self._job(request.id)
+        await self.r.propose(commands_pb2.CancelJob(job_id=job.id, reason="cancelled by operator"))
+        return self._job_detail(self._job(job.id))
+
+    @rpc
+    async def ListTasks(self, request, context):
+        for value, what in ((request.job_id, "job id"), (request.node_id, "node id")):
+            if value:
+                _check_id(value, what)
+        if request.state not in types_pb2.TaskState.values():
+            raise InvalidArgument(f"unknown task state {request.state}")
+        await self.r.read(request.stale)
+        job_id = ""
+        if request.job_id:
+            job_id = self._job(request.job_id).id
+        tasks = self.r.state.tasks(job_id=job_id, node_id=request.node_id, state=request.state)
+        return control_pb2.ListTasksResponse(tasks=tasks)
+
+    # ---- rebalancing ------------------------------------------------------
+
+    @rpc
+    async def PlanRebalance(self, request, context):
+        if request.max_moves < 0:
+            raise InvalidArgument("max_moves must not be negative")
+        self.r.require_leader()  # live utilisation exists only on the leader
+        return rebalancing.plan_message(self.r, request.max_moves)
+
+    @rpc
+    async def ApplyRebalance(self, request, context):
+        if request.max_moves < 0:
+            raise InvalidArgument("max_moves must not be negative")
+        self.r.require_leader()
+        return await rebalancing.apply_plan(self.r, request.max_moves)
+
+    # ---- events -----------------------------------------------------------
+
+    async def WatchEvents(self, request, context):
+        try:
+            if request.limit < 0:
+                raise InvalidArgument("limit must not be negative")
+            if len(request.types) > MAX_WATCH_TYPES or any(len(t) > MAX_ID_LEN for t in request.types):
+                raise InvalidArgument(
+                    f"at most {MAX_WATCH_TYPES} type prefixes of up to {MAX_ID_LEN} characters"
+                )
+            for value, what in ((request.node_id, "node id"), (request.job_id, "job id")):
+                if value:
+                    _check_id(value, what)
+            await self.r.read(False)
+        except LeptonError as e:
+            await abort(context, e)
+            return
+        filters = dict(types=list(request.types), node_id=request.node_id, job_id=request.job_id)
+        seq = request.since_seq
+        backlog = self.r.state.events(since_seq=seq, limit=request.limit, **filters)
+        for ev in backlog:
+            seq = max(seq, ev.seq)
+            yield ev
+        if not request.follow:
+            return
+        sessions = self.r.sessions
+        while not context.done():
+            try:
+                await asyncio.wait_for(sessions.changed.wait(), WATCH_POLL)
+            except TimeoutError:
+                pass
+            for ev in self.r.state.events(since_seq=seq, **filters):
+                seq = max(seq, ev.seq)
+                yield ev

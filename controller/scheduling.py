@@ -1,0 +1,197 @@
+"""The placement round: ClusterState + live usage -> placement model -> one CommitPlan.
+
+`build_view()` and `task_requests()` are pure adapters from the replicated
+records (and the leader's soft live usage) to controller.placement.model;
+`placement_round()` runs place() once over every pending task and commits
+all its assignments and preemptions as ONE Raft entry stamped with the term
+it was planned in, so a deposed leader's plan is rejected by apply. The
+loop runs a round when the state changes (a submit, a task update, a node
+going down or returning) or capacity changes, and periodically as a fallback
+because live usage moves without any command. Rescheduling needs nothing
+special here: tasks of a down node come back as pending and are placed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping
+
+from controller.placement import (
+    ClusterView,
+    Constraint,
+    NodeInfo,
+    PlacedTask,
+    Policy,
+    Res,
+    TaskRequest,
+    place,
+)
+from lepton.v1 import commands_pb2, types_pb2
+
+log = logging.getLogger("lepton.controller.scheduling")
+
+TS = types_pb2.TaskState
+# Tasks that hold a reservation on their node (a STOPPING process still runs).
+HOLDING = frozenset(
+    {TS.TASK_STATE_ASSIGNED, TS.TASK_STATE_STARTING, TS.TASK_STATE_RUNNING, TS.TASK_STATE_STOPPING}
+)
+BATCH_WINDOW = 0.02  # after a wake-up, wait this long so a burst of submits lands in one round
+
+
+def res(r: types_pb2.Resources) -> Res:
+    return Res(r.cpu_millis, r.memory_bytes, r.network_mbps, r.gpus)
+
+
+def live_res(usage: types_pb2.NodeUsage | None) -> Res:
+    if usage is None:
+        return Res()
+    return Res(usage.cpu_millis, usage.memory_used_bytes, usage.network_mbps, usage.gpus_busy)
+
+
+def _job_type(job: types_pb2.Job | None) -> str:
+    return "batch" if job is not None and job.spec.type == types_pb2.JOB_TYPE_BATCH else "service"
+
+
+def build_view(
+    nodes: Iterable[types_pb2.Node],
+    tasks: Iterable[types_pb2.Task],
+    jobs: Mapping[str, types_pb2.Job],
+    live_usage: Mapping[str, types_pb2.NodeUsage],
+) -> ClusterView:
+    """The immutable snapshot place() and plan_rebalance() work on."""
+    by_node: dict[str, list[types_pb2.Task]] = {}
+    for t in tasks:
+        if t.node_id and t.state in HOLDING:
+            by_node.setdefault(t.node_id, []).append(t)
+        if t.migrating_to:
+            # The target copy of a migration already holds resources there.
+            by_node.setdefault(t.migrating_to, []).append(t)
+    infos = []
+    for n in nodes:
+        placed = []
+        reserved = Res()
+        for t in by_node.get(n.id, ()):
+            job = jobs.get(t.job_id)
+            r = res(t.resources)
+            reserved = reserved + r
+            placed.append(
+                PlacedTask(
+                    task_id=t.id,
+                    job_id=t.job_id,
+                    priority=t.priority,
+                    resources=r,
+                    migratable=bool(job and job.spec.template.migratable) and not t.migrating_to,
+                    job_type=_job_type(job),
+                )
+            )
+        allocatable = res(n.capacity) - res(n.reserve)
+        infos.append(
+            NodeInfo(
+                id=n.id,
+                labels=dict(n.labels),
+                allocatable=allocatable,
+                reserved=reserved,
+                live_used=live_res(live_usage.get(n.id)),
+                ready=n.status == types_pb2.NODE_STATUS_READY,
+                schedulable=not (n.cordoned or n.draining),
+                gpu_models=tuple(g.model for g in n.gpus),
+                tasks=tuple(placed),
+            )
+        )
+    return ClusterView(nodes=tuple(infos))
+
+
+def task_requests(pending: Iterable[types_pb2.Task], jobs: Mapping[str, types_pb2.Job]) -> list[TaskRequest]:
+    out = []
+    for t in pending:
+        job = jobs.get(t.job_id)
+        if job is None:
+            continue
+        tmpl = job.spec.template
+        avoid = (t.previous_node_id,) if t.previous_node_id and tmpl.distinct_nodes else ()
+        out.append(
+            TaskRequest(
+                task_id=t.id,
+                job_id=t.job_id,
+                priority=job.spec.priority,
+                order=job.submit_index * 100_000 + t.index,
+                resources=res(t.resources if t.HasField("resources") else tmpl.resources),
+                constraints=tuple(Constraint(c.key, c.op, tuple(c.values)) for c in tmpl.constraints),
+                distinct_nodes=tmpl.distinct_nodes,
+                gpu_model=tmpl.gpu_model,
+                avoid_nodes=avoid,
+            )
+        )
+    return out
+
+
+def live_usage_of(replica) -> dict[str, types_pb2.NodeUsage]:
+    return {nid: lv.usage for nid, lv in replica.sessions.live.items()}
+
+
+def jobs_by_id(state) -> dict[str, types_pb2.Job]:
+    return {j.id: j for j in state.jobs(include_finished=True)}
+
+
+def plan_body(plan, pending_by_id: Mapping[str, types_pb2.Task], tasks_by_id: Mapping[str, types_pb2.Task]):
+    """The CommitPlan for a Plan; each item names the attempt/state the planner saw (apply re-checks)."""
+    body = commands_pb2.CommitPlan()
+    for a in plan.assignments:
+        t = pending_by_id[a.task_id]
+        body.assignments.add(
+            task_id=a.task_id, node_id=a.node_id, expected_attempt=t.attempt, expected_state=t.state
+        )
+    for p in plan.preemptions:
+        victim = tasks_by_id.get(p.victim_task_id)
+        body.preemptions.add(
+            task_id=p.victim_task_id,
+            expected_attempt=victim.attempt if victim is not None else 0,
+            node_id=p.node_id,
+            preempted_by=p.for_task_id,
+        )
+    return body
+
+
+async def placement_round(replica, term: int, policy: Policy = Policy.BINPACK) -> int:
+    """Plans every pending task once; commits at most one CommitPlan. Returns tasks assigned."""
+    state = replica.state
+    pending = list(state.pending_tasks())
+    if not pending:
+        return 0
+    jobs = jobs_by_id(state)
+    all_tasks = list(state.tasks())
+    view = build_view(state.nodes(), all_tasks, jobs, live_usage_of(replica))
+    plan = place(view, task_requests(pending, jobs), policy)
+    if not plan.assignments and not plan.preemptions:
+        return 0
+    body = plan_body(plan, {t.id: t for t in pending}, {t.id: t for t in all_tasks})
+    await replica.propose(body, plan_term=term)
+    log.info(
+        "placement round (term %d): %d assigned, %d preempted, %d unplaced",
+        term,
+        len(plan.assignments),
+        len(plan.preemptions),
+        len(plan.unplaced),
+    )
+    return len(plan.assignments)
+
+
+async def placement_loop(replica, term: int) -> None:
+    """Event-driven rounds with a periodic fallback; never more than one round at a time."""
+    sessions = replica.sessions
+    seen = -1
+    interval = replica.cfg.placement_interval
+    while True:
+        if sessions.generation == seen and not sessions.capacity_changed.is_set():
+            changed = asyncio.ensure_future(sessions.changed.wait())
+            cap = asyncio.ensure_future(sessions.capacity_changed.wait())
+            try:
+                await asyncio.wait({changed, cap}, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                changed.cancel()
+                cap.cancel()
+            await asyncio.sleep(BATCH_WINDOW)
+        sessions.capacity_changed.clear()
+        seen = sessions.generation
+        await placement_round(replica, term)

@@ -1,0 +1,244 @@
+"""The one place that wires a controller replica together.
+
+`ControllerServer` builds the ClusterState, the Raft node, the agent session
+registry, the leader loops and the gRPC server (ControlService +
+AgentService on --listen), starts them in order and stops them in reverse.
+`Replica` is the small facade the servicers and loops share: propose a
+command (stamped with the leader clock and mapped errors), do a linearizable
+read barrier, and build NotLeader errors that carry the leader's API address.
+Everything else lives in the modules it wires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+from controller.config import Clock, ControllerConfig
+from controller.sessions import SessionRegistry
+from controller.state import commands
+from lepton.errors import LeptonError, NotLeader, Unavailable
+from lepton.v1 import agent_pb2_grpc, control_pb2, control_pb2_grpc
+
+log = logging.getLogger("lepton.controller")
+
+# How long a replica waits between attempts to tell the leader its API address.
+MEMBER_REGISTER_INTERVAL = 0.5
+
+
+class NotifyingStateMachine:
+    """Wraps ClusterState so every apply/restore wakes whoever waits on state changes."""
+
+    def __init__(self, inner, on_change: Callable[[], None]) -> None:
+        self.inner = inner
+        self._on_change = on_change
+
+    def apply(self, index: int, term: int, data: bytes):
+        result = self.inner.apply(index, term, data)
+        self._on_change()
+        return result
+
+    def snapshot(self) -> bytes:
+        return self.inner.snapshot()
+
+    def restore(self, data: bytes) -> None:
+        self.inner.restore(data)
+        self._on_change()
+
+
+class Replica:
+    """What servicers and loops need of this replica; no policy of its own."""
+
+    def __init__(self, cfg: ControllerConfig, clock: Clock, state, node, sessions: SessionRegistry) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.state = state
+        self.node = node
+        self.sessions = sessions
+
+    @property
+    def id(self) -> str:
+        return self.node.id
+
+    @property
+    def is_leader(self) -> bool:
+        return self.node.is_leader
+
+    def member_api_address(self, member_id: str) -> str:
+        if not member_id:
+            return ""
+        if member_id == self.node.id:
+            return self.cfg.api_address
+        for m in self.state.members():
+            if m.id == member_id:
+                return m.api_address
+        return ""
+
+    def registered_api_address(self) -> str:
+        """This replica's API address as the replicated members list has it ("" if absent)."""
+        for m in self.state.members():
+            if m.id == self.node.id:
+                return m.api_address
+        return ""
+
+    def not_leader(self) -> NotLeader:
+        leader = self.node.leader_id if self.node.leader_id != self.node.id else ""
+        return NotLeader(
+            leader_id=leader, leader_api_address=self.member_api_address(leader), term=self.node.term
+        )
+
+    def require_leader(self) -> None:
+        if not self.node.is_leader:
+            raise self.not_leader()
+
+    async def propose(self, body, *, plan_term: int = 0, request_id: str = "", timeout: float | None = None):  # noqa: ASYNC109
+        """Proposes one command; returns apply's result or raises the LeptonError it maps to."""
+        cmd = commands.command(body, time_ms=self.clock.now_ms(), plan_term=plan_term, request_id=request_id)
+        try:
+            result = await self.node.propose(
+                commands.encode(cmd), timeout=timeout or self.cfg.proposal_timeout
+            )
+        except NotLeader:
+            raise self.not_leader() from None
+        return commands.raise_if_error(result)
+
+    async def read(self, stale: bool) -> None:
+        """Linearizable read barrier unless stale reads were asked for."""
+        if stale:
+            return
+        try:
+            await self.node.read_index(timeout=self.cfg.proposal_timeout)
+        except NotLeader:
+            raise self.not_leader() from None
+
+
+class ControllerServer:
+    """Owns the lifetime of one replica's parts. `node_factory` lets tests use a Raft stand-in."""
+
+    def __init__(
+        self,
+        cfg: ControllerConfig,
+        *,
+        clock: Clock | None = None,
+        node_factory: Callable | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.clock = clock or Clock()
+        self._node_factory = node_factory
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self.replica: Replica | None = None
+        self.leader_loops = None
+        self._bg: list[asyncio.Task] = []
+
+    @property
+    def address(self) -> str:
+        host = self.cfg.listen.rpartition(":")[0]
+        return f"{host}:{self.port}"
+
+    def _make_node(self, sm):
+        if self._node_factory is not None:
+            return self._node_factory(self.cfg, sm)
+        from controller.raft.node import RaftConfig, RaftNode
+
+        rc = RaftConfig(
+            id=self.cfg.id,
+            peers=dict(self.cfg.peers),
+            data_dir=Path(self.cfg.data_dir) / "raft",
+            listen=self.cfg.raft_listen,
+            tick_interval=self.cfg.tick_interval,
+            election_ticks=self.cfg.election_ticks,
+            heartbeat_ticks=self.cfg.heartbeat_ticks,
+            snapshot_entries=self.cfg.snapshot_entries,
+            fsync=self.cfg.fsync,
+        )
+        return RaftNode(rc, sm)
+
+    async def start(self) -> None:
+        from controller.agent_service import AgentServicer
+        from controller.control_service import ControlServicer
+        from controller.leader import LeaderLoops
+        from controller.state import ClusterState
+
+        sessions = SessionRegistry()
+        state = ClusterState()
+        node = self._make_node(NotifyingStateMachine(state, sessions.notify_applied))
+        replica = Replica(self.cfg, self.clock, state, node, sessions)
+        self.replica = replica
+
+        opts = [
+            ("grpc.max_receive_message_length", self.cfg.max_message_bytes),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.aio.server(options=opts)
+        control_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(replica), server)
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(replica), server)
+        try:
+            self.port = server.add_insecure_port(self.cfg.listen)
+        except RuntimeError as e:
+            raise Unavailable(f"cannot listen on {self.cfg.listen}: {e}") from None
+        if self.port == 0:
+            raise Unavailable(f"cannot listen on {self.cfg.listen}")
+        # With port 0 the real port is only known now; others must learn that one.
+        if not self.cfg.advertise:
+            self.cfg.advertise = self.address
+        await server.start()
+        self.server = server
+
+        self.leader_loops = LeaderLoops(replica)
+        node.add_leadership_listener(self.leader_loops.on_leadership)
+        await node.start()
+        self._bg.append(asyncio.create_task(self._register_member_loop(), name="register-member"))
+        log.info("controller %s serving API on %s (raft %s)", self.cfg.id, self.address, self.cfg.raft_listen)
+
+    async def stop(self) -> None:
+        for t in self._bg:
+            t.cancel()
+        for t in self._bg:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._bg.clear()
+        if self.leader_loops is not None:
+            await self.leader_loops.stop()
+        if self.replica is not None:
+            self.replica.sessions.close_all()
+        if self.server is not None:
+            await self.server.stop(self.cfg.grace)
+        if self.replica is not None:
+            await self.replica.node.stop()
+        log.info("controller %s stopped", self.cfg.id)
+
+    async def _register_member_loop(self) -> None:
+        """Tells the leader this replica's API address until the replicated members list has it.
+
+        The leader registers itself (leader.py); a follower can only do it through
+        the leader, whose address it learns from the leader's own registration.
+        """
+        r = self.replica
+        assert r is not None
+        while True:
+            await asyncio.sleep(MEMBER_REGISTER_INTERVAL)
+            if r.is_leader or r.registered_api_address() == self.cfg.api_address:
+                continue
+            target = r.member_api_address(r.node.leader_id)
+            if not target:
+                continue
+            try:
+                async with grpc.aio.insecure_channel(target) as ch:
+                    stub = control_pb2_grpc.ControlServiceStub(ch)
+                    await stub.RegisterMember(
+                        control_pb2.RegisterMemberRequest(
+                            id=self.cfg.id,
+                            api_address=self.cfg.api_address,
+                            raft_address=self.cfg.raft_listen,
+                        ),
+                        timeout=self.cfg.proposal_timeout,
+                    )
+            except (grpc.RpcError, LeptonError) as e:
+                log.debug("registering with leader at %s failed: %s", target, e)

@@ -1,0 +1,141 @@
+"""The leader's registry of agent streams and the live (soft) state they carry.
+
+One `AgentSession` per connected node: the Connect handler writes whatever
+the session says is due. Desired sets are level-triggered, so a session never
+queues old sets: after every applied command the registry bumps a generation
+and each session recomputes its node's desired set, sending it only when it
+differs from the last one sent.
+
+Live usage, last report times and a bounded per-node utilisation history are
+kept here, in leader memory only: telemetry never goes through Raft and is
+rebuilt from the next reports after a failover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from dataclasses import dataclass, field
+
+from lepton.v1 import agent_pb2, types_pb2
+
+HISTORY_LEN = 600  # samples per node (10 min at 1 Hz) for the rebalancer
+
+
+@dataclass
+class Live:
+    """Soft state of one node, as its agent last reported."""
+
+    usage: types_pb2.NodeUsage = field(default_factory=types_pb2.NodeUsage)
+    last_report_mono: float = 0.0  # monotonic seconds: what liveness measures
+    last_report_ms: int = 0  # wall time, for display
+    task_usage: dict[str, agent_pb2.TaskUsage] = field(default_factory=dict)
+    # (time_ms, cpu_fraction, memory_fraction, network_mbps) samples.
+    history: collections.deque = field(default_factory=lambda: collections.deque(maxlen=HISTORY_LEN))
+
+
+class AgentSession:
+    """One agent's stream on this leader."""
+
+    def __init__(self, node_id: str, registry: SessionRegistry) -> None:
+        self.node_id = node_id
+        self._registry = registry
+        self.closed = asyncio.Event()
+        self.seen_generation = -1
+        self.sent_version = -1
+        self.sent_tasks: bytes | None = None
+
+    def close(self) -> None:
+        self.closed.set()
+
+    def due_desired(self, version: int, tasks: list) -> agent_pb2.DesiredTasks | None:
+        """Returns the set to send if it differs from the last one sent (or none was sent)."""
+        msg = agent_pb2.DesiredTasks(version=version, tasks=tasks)
+        body = b"".join(t.SerializeToString(deterministic=True) for t in tasks)
+        if self.sent_tasks is not None and body == self.sent_tasks:
+            # Same tasks (perhaps under a newer state version): nothing for the agent to do.
+            return None
+        self.sent_tasks = body
+        self.sent_version = version
+        return msg
+
+    async def wait_for_change(self) -> bool:
+        """Waits until state changed since this session last looked, or it closed.
+
+        Returns False once closed.
+        """
+        while not self.closed.is_set():
+            gen = self._registry.generation
+            if gen != self.seen_generation:
+                self.seen_generation = gen
+                return True
+            changed = asyncio.ensure_future(self._registry.changed.wait())
+            closed = asyncio.ensure_future(self.closed.wait())
+            try:
+                await asyncio.wait({changed, closed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                changed.cancel()
+                closed.cancel()
+        return False
+
+
+class SessionRegistry:
+    def __init__(self) -> None:
+        self.sessions: dict[str, AgentSession] = {}
+        self.live: dict[str, Live] = {}
+        self.generation = 0
+        self.changed = asyncio.Event()
+        self.capacity_changed = asyncio.Event()  # wakes the placement round
+
+    # --- streams -------------------------------------------------------
+
+    def open(self, node_id: str) -> AgentSession:
+        """Registers a stream; an older stream of the same node is closed (the agent reconnected)."""
+        old = self.sessions.get(node_id)
+        if old is not None:
+            old.close()
+        s = AgentSession(node_id, self)
+        self.sessions[node_id] = s
+        return s
+
+    def close(self, session: AgentSession) -> None:
+        session.close()
+        if self.sessions.get(session.node_id) is session:
+            del self.sessions[session.node_id]
+
+    def close_all(self) -> None:
+        """Leadership lost: end every stream so agents reconnect to the new leader."""
+        for s in list(self.sessions.values()):
+            s.close()
+        self.sessions.clear()
+        self.live.clear()
+
+    def connected(self, node_id: str) -> bool:
+        return node_id in self.sessions
+
+    # --- state changes -------------------------------------------------
+
+    def notify_applied(self) -> None:
+        """Called after each applied command: every session re-checks its desired set."""
+        self.generation += 1
+        ev, self.changed = self.changed, asyncio.Event()
+        ev.set()
+
+    # --- reports -------------------------------------------------------
+
+    def record_report(self, node_id: str, report: agent_pb2.Report, mono_now: float, now_ms: int) -> None:
+        live = self.live.setdefault(node_id, Live())
+        live.usage = report.usage
+        live.last_report_mono = mono_now
+        live.last_report_ms = now_ms
+        live.task_usage = {t.task_id: t for t in report.tasks}
+        u = report.usage
+        cpu = max(0.0, min(1.0, u.cpu_percent / 100.0))
+        mem = u.memory_used_bytes / u.memory_total_bytes if u.memory_total_bytes > 0 else 0.0
+        live.history.append((report.time_ms or now_ms, cpu, mem, u.network_mbps))
+
+    def touch(self, node_id: str, mono_now: float, now_ms: int) -> None:
+        """A Hello counts as a sign of life too."""
+        live = self.live.setdefault(node_id, Live())
+        live.last_report_mono = mono_now
+        live.last_report_ms = now_ms

@@ -1,0 +1,1 @@
+"""Test helpers for the controller tests: a Raft stand-in, process launchers, a redirect-following client."""
