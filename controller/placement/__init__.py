@@ -22,6 +22,14 @@ from controller.placement.model import (
     Unplaced,
 )
 from controller.placement.planner import place
+from controller.placement.rebalance import (
+    MAKE_BEFORE_BREAK,
+    STOP_THEN_START,
+    Move,
+    RebalanceConfig,
+    RebalancePlan,
+    plan_rebalance,
+)
 
 __all__ = [
     "DIMENSIONS",
@@ -37,4 +45,10 @@ __all__ = [
     "TaskRequest",
     "Unplaced",
     "place",
+    "MAKE_BEFORE_BREAK",
+    "STOP_THEN_START",
+    "Move",
+    "RebalanceConfig",
+    "RebalancePlan",
+    "plan_rebalance",
 ]

@@ -73,6 +73,10 @@ class PlacedTask:
     resources: Res
     migratable: bool = False
     job_type: str = "service"  # "service" | "batch"
+    # What the rebalancer needs to honour when it moves the task (same meaning as in TaskRequest).
+    constraints: tuple[Constraint, ...] = ()
+    distinct_nodes: bool = False
+    gpu_model: str = ""
 
 
 @dataclass(frozen=True, slots=True)
