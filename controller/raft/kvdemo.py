@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import struct
 import sys
@@ -181,3 +182,148 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ---- a harness that runs kvdemo replicas as OS processes (tests and bench/raft_bench.py) ----
+
+
+class KvProcess:
+    """One kvdemo replica process and a client stub to its API."""
+
+    def __init__(self, node_id: str, raft_addr: str, data_dir: Path) -> None:
+        self.id = node_id
+        self.raft_addr = raft_addr
+        self.data_dir = data_dir
+        self.log_path = data_dir.parent / f"{node_id}.log"
+        self.proc: asyncio.subprocess.Process | None = None
+        self.channel: grpc.aio.Channel | None = None
+        self.stub: raft_pb2_grpc.KvDemoStub | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def free_port() -> int:
+    """An ephemeral port that was free a moment ago (raft ports must be known before start)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class KvCluster:
+    """Starts, kills and restarts kvdemo replicas on loopback; a client that follows the leader."""
+
+    def __init__(self, base_dir: Path, ids=("c1", "c2", "c3"), extra_args: tuple[str, ...] = ()) -> None:
+        self.base = Path(base_dir)
+        self.extra_args = tuple(extra_args)
+        self.replicas = {i: KvProcess(i, f"127.0.0.1:{free_port()}", self.base / i) for i in ids}
+        self.peers_arg = ",".join(f"{r.id}={r.raft_addr}" for r in self.replicas.values())
+        self._hint = ""
+
+    async def start(self, node_id: str, log_level: str = "INFO") -> None:
+        r = self.replicas[node_id]
+        r.data_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable, "-m", "controller.raft.kvdemo", "--id", r.id, "--peers", self.peers_arg,
+            "--data-dir", str(r.data_dir), "--listen", "127.0.0.1:0", "--log-level", log_level,
+            *self.extra_args,
+        ]  # fmt: skip
+        logfd = os.open(r.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            r.proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, stderr=logfd)
+        finally:
+            os.close(logfd)
+        try:
+            line = await asyncio.wait_for(r.proc.stdout.readline(), 60)
+        except TimeoutError:
+            line = b""
+        if not line.startswith(b"READY "):
+            await self.kill(node_id)
+            raise RuntimeError(f"replica {node_id} did not start: {line!r}\n{r.log_text()[-3000:]}")
+        api_port = int(line.split()[1])
+        if r.channel is not None:
+            await r.channel.close()
+        r.channel = grpc.aio.insecure_channel(f"127.0.0.1:{api_port}")
+        r.stub = raft_pb2_grpc.KvDemoStub(r.channel)
+
+    async def start_all(self) -> None:
+        await asyncio.gather(*(self.start(i) for i in self.replicas))
+
+    async def kill(self, node_id: str, sig: int = signal.SIGKILL) -> None:
+        r = self.replicas[node_id]
+        if r.alive:
+            r.proc.send_signal(sig)
+            try:
+                await asyncio.wait_for(r.proc.wait(), 20)
+            except TimeoutError:
+                r.proc.kill()
+                await r.proc.wait()
+        if r.channel is not None:
+            await r.channel.close()
+            r.channel = r.stub = None
+
+    async def close(self) -> None:
+        """Kills every replica this cluster started (only those PIDs) and closes channels."""
+        for i in self.replicas:
+            await self.kill(i)
+
+    async def status(self, node_id: str) -> raft_pb2.KvStatusResponse | None:
+        r = self.replicas[node_id]
+        if not r.alive or r.stub is None:
+            return None
+        try:
+            return await r.stub.Status(raft_pb2.KvStatusRequest(), timeout=2)
+        except grpc.aio.AioRpcError:
+            return None
+
+    async def wait_leader(self, within: float = 20.0, exclude: tuple[str, ...] = ()) -> str:
+        """Waits until a live replica reports itself leader; returns its id."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + within
+        while loop.time() < end:
+            for i in self.replicas:
+                if i in exclude:
+                    continue
+                st = await self.status(i)
+                if st is not None and st.role == "leader":
+                    self._hint = i
+                    return i
+            await asyncio.sleep(0.02)
+        raise TimeoutError(f"no leader within {within}s")
+
+    async def put(self, key: str, value: bytes, within: float = 20.0) -> int:
+        """Writes through whichever replica leads, following NotLeader redirects; returns the index."""
+        from lepton.errors import NotLeader, from_rpc_error
+
+        loop = asyncio.get_running_loop()
+        end = loop.time() + within
+        ids = list(self.replicas)
+        target = self._hint if self._hint in self.replicas else ids[0]
+        while True:
+            r = self.replicas[target]
+            err: Exception | None = None
+            if r.alive and r.stub is not None:
+                try:
+                    resp = await r.stub.Put(raft_pb2.KvPutRequest(key=key, value=value), timeout=5)
+                    self._hint = target
+                    return resp.index
+                except grpc.aio.AioRpcError as e:
+                    err = from_rpc_error(e)
+            if loop.time() > end:
+                raise TimeoutError(f"put {key!r} not acknowledged within {within}s: {err}")
+            if isinstance(err, NotLeader) and err.leader_id in self.replicas and err.leader_id != target:
+                target = err.leader_id
+                continue
+            target = ids[(ids.index(target) + 1) % len(ids)]
+            await asyncio.sleep(0.02)
+
+    async def get(self, node_id: str, key: str, stale: bool = True) -> bytes | None:
+        r = self.replicas[node_id]
+        resp = await r.stub.Get(raft_pb2.KvGetRequest(key=key, stale=stale), timeout=5)
+        return resp.value if resp.found else None
