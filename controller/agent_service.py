@@ -25,7 +25,7 @@ import logging
 import grpc
 
 from controller.state import commands, validate
-from lepton.errors import InvalidArgument, LeptonError, NotLeader, abort
+from lepton.errors import InvalidArgument, LeptonError, NotFound, NotLeader, abort
 from lepton.v1 import agent_pb2, agent_pb2_grpc, commands_pb2, types_pb2
 
 log = logging.getLogger("lepton.controller.agents")
@@ -38,6 +38,7 @@ _EVENT_STATE = {
     agent_pb2.TASK_EVENT_STOPPED: TS.TASK_STATE_STOPPED,
     agent_pb2.TASK_EVENT_RESTARTING: TS.TASK_STATE_STARTING,
 }
+_PLACED = frozenset({TS.TASK_STATE_ASSIGNED, TS.TASK_STATE_STARTING, TS.TASK_STATE_RUNNING})
 # States an agent may report for a task; anything else in a report is ignored.
 _REPORTABLE = frozenset(
     {
@@ -198,10 +199,14 @@ class _TaskTracker:
         for rt in running:
             if rt.state not in _REPORTABLE or not rt.task_id:
                 continue
-            task = self.r.state.task(rt.task_id) if hasattr(self.r.state, "task") else None
-            if task is None or task.attempt != rt.attempt or task.state == rt.state:
+            try:
+                task = self.r.state.task(rt.task_id)
+            except NotFound:
                 continue
-            if task.node_id != self.node_id and task.migrating_to != self.node_id:
+            # Only the main copy is reconciled; a migration target reports through events.
+            if task.node_id != self.node_id or task.attempt != rt.attempt or task.state == rt.state:
+                continue
+            if task.state not in _PLACED:  # lost, pending or finished here: nothing to catch up on
                 continue
             self.submit(
                 commands_pb2.TaskUpdate(

@@ -19,7 +19,7 @@ import grpc
 
 from controller import rebalancing
 from controller.state import validate
-from lepton.errors import InvalidArgument, LeptonError, NotFound, abort
+from lepton.errors import AlreadyExists, InvalidArgument, LeptonError, NotFound, abort
 from lepton.v1 import commands_pb2, control_pb2, control_pb2_grpc, types_pb2
 
 log = logging.getLogger("lepton.controller.api")
@@ -27,7 +27,10 @@ log = logging.getLogger("lepton.controller.api")
 MAX_ID_LEN = 253
 MAX_REQUEST_ID_LEN = 256
 MAX_WATCH_TYPES = 64
-WATCH_POLL = 1.0  # follow-mode wake-up even without state changes, to notice a cancelled call
+WATCH_POLL = 1.0
+_ACTIVE_JOB = frozenset(
+    {types_pb2.JOB_STATE_PENDING, types_pb2.JOB_STATE_RUNNING, types_pb2.JOB_STATE_UNSPECIFIED}
+)  # follow-mode wake-up even without state changes, to notice a cancelled call
 
 
 def rpc(fn):
@@ -76,10 +79,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     # ---- helpers ----------------------------------------------------------
 
     def _node(self, node_id: str) -> types_pb2.Node:
-        n = self.r.state.node(node_id)
-        if n is None:
-            raise NotFound(f"node {node_id!r} not found")
-        return self._decorate(n)
+        return self._decorate(self.r.state.node(node_id))  # raises NotFound
 
     def _decorate(self, n: types_pb2.Node) -> types_pb2.Node:
         """Adds the leader's soft state (live usage, last report, connected) to a node record."""
@@ -93,10 +93,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         return out
 
     def _job(self, id_or_name: str) -> types_pb2.Job:
-        job = self.r.state.job(id_or_name)
-        if job is None:
-            raise NotFound(f"job {id_or_name!r} not found")
-        return job
+        return self.r.state.job(id_or_name)  # raises NotFound
 
     def _job_detail(self, job: types_pb2.Job) -> control_pb2.JobDetail:
         return control_pb2.JobDetail(job=job, tasks=self.r.state.tasks(job_id=job.id))
@@ -124,11 +121,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                     match_index=int(p.get("match", 0)),
                 )
             )
-        nodes = state.nodes()
-        by_state: dict[str, int] = {}
-        for t in state.tasks():
-            name = types_pb2.TaskState.Name(t.state).removeprefix("TASK_STATE_").lower()
-            by_state[name] = by_state.get(name, 0) + 1
+        counts = state.counts()
         return control_pb2.ClusterStatus(
             leader_id=leader,
             leader_api_address=self.r.member_api_address(leader),
@@ -137,10 +130,10 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             applied_index=node.applied_index,
             members=members,
             answered_by=node.id,
-            nodes_total=len(nodes),
-            nodes_ready=sum(1 for n in nodes if n.status == types_pb2.NODE_STATUS_READY),
-            jobs_total=len(state.jobs(include_finished=True)),
-            tasks_by_state=by_state,
+            nodes_total=counts["nodes_total"],
+            nodes_ready=counts["nodes_ready"],
+            jobs_total=counts["jobs_total"],
+            tasks_by_state=counts["tasks_by_state"],
         )
 
     @rpc
@@ -218,6 +211,24 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         if len(request.request_id) > MAX_REQUEST_ID_LEN:
             raise InvalidArgument(f"request_id is longer than {MAX_REQUEST_ID_LEN} characters")
         self.r.require_leader()
+        # Cheap checks against the leader's state first, so that the common
+        # mistakes never reach the log (apply re-checks: this is not the guard).
+        if request.request_id:
+            earlier = self.r.state.job_for_request(request.request_id)
+            if earlier is not None:
+                return self._job_detail(earlier)
+        try:
+            same_name = self.r.state.job(request.spec.name)
+        except NotFound:
+            same_name = None
+        if (
+            same_name is not None
+            and same_name.spec.name == request.spec.name
+            and same_name.state in _ACTIVE_JOB
+        ):
+            raise AlreadyExists(
+                f"a job named {request.spec.name!r} already exists ({same_name.id}); cancel it first"
+            )
         job_id = new_job_id(self.r.clock.now_ms())
         body = commands_pb2.SubmitJob(job_id=job_id, spec=request.spec)
         validate.validate_submit(body, request.request_id)
