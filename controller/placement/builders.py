@@ -30,7 +30,9 @@ def running(
     job_type: str = "service",
     **kw,
 ) -> PlacedTask:
-    return PlacedTask(task_id, job or task_id.split(".")[0], prio, res(cpu, mem, net, gpus), migratable, job_type, **kw)
+    return PlacedTask(
+        task_id, job or task_id.split(".")[0], prio, res(cpu, mem, net, gpus), migratable, job_type, **kw
+    )
 
 
 def node(
