@@ -129,15 +129,20 @@ class LeptonOnNetns:
                 return None
 
     def find_leader(self, among: list[str] | None = None, timeout: float = 30.0) -> str | None:
-        """The id of a leader that the reachable controllers agree on, polling until `timeout`."""
+        """The id of a leader, one of `among`, that every controller in `among` names; polls until `timeout`.
+
+        Requiring the leader to be one of `among` matters after a fault: the
+        survivors of a killed leader keep naming it until their election
+        timeout fires.
+        """
         deadline = time.monotonic() + timeout
         among = among or self.controllers
         while time.monotonic() < deadline:
             views = [self.cluster_status(c, timeout=1.0) for c in among]
-            leaders = {v.leader_id for v in views if v is not None and v.leader_id}
-            answered = [v for v in views if v is not None]
-            if len(leaders) == 1 and len(answered) == len(among):
-                return leaders.pop()
+            if all(v is not None for v in views):
+                leaders = {v.leader_id for v in views}
+                if len(leaders) == 1 and (leader := leaders.pop()) in among:
+                    return leader
             time.sleep(0.2)
         return None
 
