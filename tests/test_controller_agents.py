@@ -1,0 +1,147 @@
+"""Agent streams and leader loops on the Raft stand-in: register, desired sets, events,
+placement, node loss and return, drain, and streams ending on leadership loss."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from lepton.errors import not_leader_from_metadata
+from lepton.v1 import agent_pb2, control_pb2, types_pb2
+from tests.support.fake_agent import FakeAgent
+from tests.support.inproc import inproc_controller
+from tests.test_controller_api import spec, wait_leader_announced
+
+TS = types_pb2.TaskState
+
+
+async def eventually(cond, timeout=10.0, what="condition"):  # noqa: ASYNC109
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        if cond():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_hello_welcome_desired_and_events(tmp_path):
+    async with inproc_controller(tmp_path) as h:
+        await wait_leader_announced(h)
+        a = FakeAgent(h.agent, "n1")
+        try:
+            w = await a.next()
+            assert (
+                w.WhichOneof("msg") == "welcome"
+                and w.welcome.node_id == "n1"
+                and w.welcome.controller_id == "c1"
+            )
+            first = await a.next("desired")
+            assert list(first.desired.tasks) == []
+            a.start_reporting()
+            assert h.state.node("n1").status == types_pb2.NODE_STATUS_READY
+            d = await h.control.SubmitJob(control_pb2.SubmitJobRequest(spec=spec(count=2)), timeout=5)
+            desired = await a.desired_until(lambda ds: len(ds.tasks) == 2)
+            assert {t.task_id for t in desired.tasks} == {t.id for t in d.tasks}
+            assert desired.version > 0
+            for t in desired.tasks:
+                a.event(t.task_id, t.attempt, agent_pb2.TASK_EVENT_STARTED)
+            await eventually(
+                lambda: all(t.state == TS.TASK_STATE_RUNNING for t in h.state.tasks(job_id=d.job.id)),
+                what="running",
+            )
+            node = await h.control.GetNode(control_pb2.GetNodeRequest(id="n1"), timeout=5)
+            assert node.node.connected and node.node.last_report_ms > 0 and len(node.tasks) == 2
+            # Cancelling the job empties the node's desired set.
+            await h.control.CancelJob(control_pb2.CancelJobRequest(id="web"), timeout=5)
+            await a.desired_until(lambda ds: len(ds.tasks) == 0)
+        finally:
+            await a.close()
+
+
+async def test_first_message_must_be_hello_and_valid(tmp_path):
+    async with inproc_controller(tmp_path) as h:
+        await wait_leader_announced(h)
+        before = len(h.raft.proposals)
+
+        async def only(msg):
+            yield msg
+
+        call = h.agent.Connect(only(agent_pb2.AgentMessage(report=agent_pb2.Report())), timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as ei:
+            async for _ in call:
+                pass
+        assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "Hello" in ei.value.details()
+
+        bad = agent_pb2.AgentMessage(hello=agent_pb2.Hello(node_id="bad id with spaces"))
+        call = h.agent.Connect(only(bad), timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as ei:
+            async for _ in call:
+                pass
+        assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "node id" in ei.value.details()
+        assert len(h.raft.proposals) == before
+
+
+async def test_node_down_tasks_move_and_stale_copies_are_dropped(tmp_path):
+    async with inproc_controller(tmp_path, suspect_after=0.3, down_after=0.6, failover_grace=0.6) as h:
+        await wait_leader_announced(h)
+        agents = {"n1": FakeAgent(h.agent, "n1"), "n2": FakeAgent(h.agent, "n2")}
+        try:
+            for a in agents.values():
+                a.start_reporting()
+                await a.next("desired")
+            d = await h.control.SubmitJob(
+                control_pb2.SubmitJobRequest(spec=spec(count=1, cpu=400)), timeout=5
+            )
+            await eventually(lambda: _placed_on(h, d) is not None, what="task placed")
+            first = _placed_on(h, d)
+            other = "n2" if first == "n1" else "n1"
+            await agents[first].desired_until(lambda ds: len(ds.tasks) == 1)
+            agents[first].stop_reporting()
+            await eventually(
+                lambda: h.state.node(first).status == types_pb2.NODE_STATUS_DOWN, what="node down"
+            )
+            await eventually(lambda: _placed_on(h, d) == other, what="task rescheduled")
+            await agents[other].desired_until(lambda ds: len(ds.tasks) == 1)
+            # The lost node comes back (reports again): its desired set no longer has the task.
+            agents[first].start_reporting()
+            await eventually(
+                lambda: h.state.node(first).status == types_pb2.NODE_STATUS_READY, what="node ready"
+            )
+            await agents[first].desired_until(lambda ds: len(ds.tasks) == 0)
+        finally:
+            for a in agents.values():
+                await a.close()
+
+
+def _placed_on(h, d):
+    ts = h.state.tasks(job_id=d.job.id)
+    if ts and ts[0].state == TS.TASK_STATE_ASSIGNED:
+        return ts[0].node_id
+    return None
+
+
+async def test_stream_ends_with_not_leader_on_leadership_loss(tmp_path):
+    async with inproc_controller(tmp_path) as h:
+        await wait_leader_announced(h)
+        a = FakeAgent(h.agent, "n1")
+        try:
+            await a.next("desired")
+            h.raft.set_leader(False, "c2")
+            with pytest.raises(grpc.aio.AioRpcError) as ei:
+                while True:
+                    await a.next(timeout=5)
+            assert ei.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert not_leader_from_metadata(ei.value.trailing_metadata()) is not None
+        finally:
+            await a.close()
+        # A new stream to a follower is refused the same way.
+        b = FakeAgent(h.agent, "n2")
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as ei:
+                await b.next(timeout=5)
+            assert ei.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        finally:
+            await b.close()
