@@ -9,6 +9,8 @@ loop runs a round when the state changes (a submit, a task update, a node
 going down or returning) or capacity changes, and periodically as a fallback
 because live usage moves without any command. Rescheduling needs nothing
 special here: tasks of a down node come back as pending and are placed again.
+Drains are driven from the same loop (`drain_round`): the next moves off
+draining nodes, bounded by the node's max_parallel moves in flight.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from controller.placement import (
     TaskRequest,
     place,
 )
+from lepton.errors import LeptonError, NotLeader
 from lepton.v1 import commands_pb2, types_pb2
 
 log = logging.getLogger("lepton.controller.scheduling")
@@ -177,6 +180,85 @@ async def placement_round(replica, term: int, policy: Policy = Policy.BINPACK) -
     return len(plan.assignments)
 
 
+DESIRED = frozenset({TS.TASK_STATE_ASSIGNED, TS.TASK_STATE_STARTING, TS.TASK_STATE_RUNNING})
+# A task that left a draining node stop-then-start and is not running elsewhere yet counts as in flight.
+MOVING = frozenset({TS.TASK_STATE_PENDING, TS.TASK_STATE_ASSIGNED, TS.TASK_STATE_STARTING})
+
+
+def drain_moves(
+    nodes, tasks, jobs, now_ms: int, default_parallel: int, drain_info
+) -> list[tuple[types_pb2.Task, str]]:
+    """(task, draining node) pairs to start moving now, at most max_parallel in flight per node.
+
+    Pure. Lowest priority moves first (the most important work is disturbed
+    last); past the drain deadline everything left moves at once.
+    """
+    out = []
+    for n in nodes:
+        if not n.draining:
+            continue
+        deadline, max_parallel = drain_info(n.id)
+        here = [t for t in tasks if t.node_id == n.id and t.state in DESIRED]
+        in_flight = sum(1 for t in here if t.migrating_to)
+        in_flight += sum(
+            1 for t in tasks if t.previous_node_id == n.id and t.state in MOVING and t.node_id != n.id
+        )
+        budget = max(0, (max_parallel or default_parallel) - in_flight)
+        if deadline and now_ms >= deadline:
+            budget = len(here)
+        movable = sorted((t for t in here if not t.migrating_to), key=lambda t: (t.priority, t.id))
+        out.extend((t, n.id) for t in movable[:budget])
+    return out
+
+
+async def drain_round(replica, term: int, policy: Policy = Policy.BINPACK) -> int:
+    """Starts the next moves off draining nodes; each is one MigrateTask fenced by `term`.
+
+    A running service moves make-before-break to a target chosen by place();
+    batch tasks and tasks not running yet stop here and go back to pending.
+    A running service with no target anywhere waits (unless the deadline
+    passed) rather than being stopped with nowhere to go.
+    """
+    state = replica.state
+    nodes = state.nodes()
+    if not any(n.draining for n in nodes):
+        return 0
+    tasks = list(state.tasks())
+    jobs = jobs_by_id(state)
+    now = replica.clock.now_ms()
+    moves = drain_moves(nodes, tasks, jobs, now, replica.cfg.drain_max_parallel, state.drain_info)
+    if not moves:
+        return 0
+    view = build_view(nodes, tasks, jobs, live_usage_of(replica))
+    services = [
+        t for t, _ in moves if t.state == TS.TASK_STATE_RUNNING and _job_type(jobs.get(t.job_id)) == "service"
+    ]
+    service_ids = {t.id for t in services}
+    plan = place(view, task_requests(services, jobs), policy, preemption=False)
+    target = {a.task_id: a.node_id for a in plan.assignments}
+    started = 0
+    for t, node_id in moves:
+        deadline, _ = state.drain_info(node_id)
+        make_before_break = t.id in target
+        if not make_before_break and t.id in service_ids and not (deadline and now >= deadline):
+            continue
+        body = commands_pb2.MigrateTask(
+            task_id=t.id,
+            expected_attempt=t.attempt,
+            target_node_id=target.get(t.id, ""),
+            reason=f"draining {node_id}",
+            stop_then_start=not make_before_break,
+        )
+        try:
+            await replica.propose(body, plan_term=term)
+            started += 1
+        except NotLeader:
+            raise
+        except LeptonError as e:
+            log.info("drain move of %s not started: %s", t.id, e)
+    return started
+
+
 async def placement_loop(replica, term: int) -> None:
     """Event-driven rounds with a periodic fallback; never more than one round at a time."""
     sessions = replica.sessions
@@ -195,3 +277,4 @@ async def placement_loop(replica, term: int) -> None:
         sessions.capacity_changed.clear()
         seen = sessions.generation
         await placement_round(replica, term)
+        await drain_round(replica, term)

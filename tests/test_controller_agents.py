@@ -145,3 +145,58 @@ async def test_stream_ends_with_not_leader_on_leadership_loss(tmp_path):
             assert ei.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         finally:
             await b.close()
+
+
+async def test_drain_moves_running_services_make_before_break(tmp_path):
+    async with inproc_controller(tmp_path, drain_max_parallel=1) as h:
+        await wait_leader_announced(h)
+        agents = {n: FakeAgent(h.agent, n) for n in ("n1", "n2")}
+        try:
+            for a in agents.values():
+                a.start_reporting()
+                await a.next("desired")
+            d = await h.control.SubmitJob(
+                control_pb2.SubmitJobRequest(spec=spec(count=2, cpu=1000)), timeout=5
+            )
+            await eventually(
+                lambda: all(t.state == TS.TASK_STATE_ASSIGNED for t in h.state.tasks(job_id=d.job.id))
+            )
+            for t in h.state.tasks(job_id=d.job.id):
+                agents[t.node_id].event(t.id, t.attempt, agent_pb2.TASK_EVENT_STARTED)
+            await eventually(
+                lambda: all(t.state == TS.TASK_STATE_RUNNING for t in h.state.tasks(job_id=d.job.id))
+            )
+            busy = h.state.tasks(job_id=d.job.id)[0].node_id
+            other = "n2" if busy == "n1" else "n1"
+
+            # The fake agent on the target node starts whatever it is told to run.
+            async def run_desired(agent):
+                started = set()
+                while True:
+                    msg = await agent.next("desired", timeout=30)
+                    for t in msg.desired.tasks:
+                        if (t.task_id, t.attempt) not in started:
+                            started.add((t.task_id, t.attempt))
+                            agent.event(t.task_id, t.attempt, agent_pb2.TASK_EVENT_STARTED)
+
+            runner = asyncio.create_task(run_desired(agents[other]))
+            try:
+                await h.control.DrainNode(control_pb2.DrainNodeRequest(id=busy), timeout=5)
+                max_moving = 0
+
+                def drained():
+                    nonlocal max_moving
+                    ts = h.state.tasks(job_id=d.job.id)
+                    max_moving = max(max_moving, sum(1 for t in ts if t.migrating_to))
+                    return all(t.node_id == other and t.state == TS.TASK_STATE_RUNNING for t in ts)
+
+                await eventually(drained, timeout=20, what="drained")
+                assert max_moving <= 1
+                await eventually(lambda: not h.state.node(busy).draining, what="drain complete")
+                assert h.state.node(busy).cordoned
+                assert h.state.events(types=["node.drained"])
+            finally:
+                runner.cancel()
+        finally:
+            for a in agents.values():
+                await a.close()
