@@ -59,6 +59,7 @@ from .types import (
     Entry,
     EntryType,
     Message,
+    MsgType,
     Ready,
     Role,
     Snapshot,
@@ -76,6 +77,8 @@ ROLE_NAMES = {
     Role.PRE_CANDIDATE: "pre-candidate",
 }
 _ENVELOPE_MAGIC = b"LPSE"
+# Messages a leader may send before its own fsync (see _handle_ready).
+_LEADER_EARLY = frozenset({MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP, MsgType.TIMEOUT_NOW})
 _U32 = struct.Struct("<I")
 
 
@@ -153,6 +156,7 @@ class RaftNode:
         self._snap_index = 0
         self._prev_snapshot: Snapshot | None = None
         self._transfers: list[tuple[str, asyncio.Future]] = []
+        self._synced: tuple[int, str] = (0, "")  # term and vote as last fsynced
 
     # ---- lifecycle ----
 
@@ -193,6 +197,7 @@ class RaftNode:
             entries=st.entries,
         )
         self._learn_addresses(st.entries)
+        self._synced = (st.hard_state.term, st.hard_state.vote)
         self._transport = RaftTransport(
             cfg.id,
             cfg.listen or cfg.peers.get(cfg.id, "127.0.0.1:0"),
@@ -429,16 +434,34 @@ class RaftNode:
     async def _handle_ready(self, rd: Ready) -> None:
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.leader, rd.soft_state.role)
+        self._learn_addresses(rd.entries)
+        msgs = rd.messages
+        if msgs and self._core.role == Role.LEADER:
+            # A leader may replicate entries before its own copy is durable (Raft
+            # thesis 10.2.1, etcd does the same): its messages do not vouch for
+            # anything it has not persisted, and the acks that could commit an
+            # entry are stepped only after this batch's fsync (after advance()),
+            # so no commit ever counts the leader's undurable entries.
+            early = [m for m in msgs if m.type in _LEADER_EARLY]
+            if early:
+                self._transport.send(early)
+                msgs = [m for m in msgs if m.type not in _LEADER_EARLY]
         # 1. persist (one fsync for the whole batch)
         if rd.snapshot is not None:
             await asyncio.to_thread(self._snaps.save, rd.snapshot)
-        if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
+        hs = rd.hard_state
+        if rd.entries or rd.snapshot is not None or (hs is not None and (hs.term, hs.vote) != self._synced):
             marker = (rd.snapshot.meta.index, rd.snapshot.meta.term) if rd.snapshot is not None else None
-            await asyncio.to_thread(self._wal.save, rd.entries, rd.hard_state, marker)
-            self._learn_addresses(rd.entries)
+            await asyncio.to_thread(self._wal.save, rd.entries, hs, marker)
+            if hs is not None:
+                self._synced = (hs.term, hs.vote)
+        elif hs is not None:
+            # Only the commit index moved: it can be relearnt from the leader after
+            # a crash, so it rides along unsynced until the next fsync (as in etcd).
+            self._wal.write(hard_state=hs)
         # 2. send
-        if rd.messages:
-            self._transport.send(rd.messages)
+        if msgs:
+            self._transport.send(msgs)
         # 3. apply
         if rd.snapshot is not None:
             self._install_snapshot(rd.snapshot)

@@ -36,6 +36,16 @@ log = logging.getLogger(__name__)
 CLUSTER_KEY = "lepton-raft-cluster"
 FROM_KEY = "lepton-raft-from"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Limits of one stream write (a batch): far below MAX_MESSAGE_BYTES even when
+# the last message added is as large as the core makes them.
+_MAX_BATCH = 256
+_BATCH_BYTES = 4 * 1024 * 1024
+
+
+def _approx_size(m: Message) -> int:
+    return 64 + sum(len(e.data) + 24 for e in m.entries)
+
+
 _GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -123,16 +133,17 @@ class _Servicer(raft_pb2_grpc.RaftServiceServicer):
 
     async def Stream(self, request_iterator, context):  # noqa: N802 (gRPC method name)
         await self._check(context)
-        async for p in request_iterator:
-            if p.to != self.t.node_id:
-                log.warning("dropping raft message for %r received by %r", p.to, self.t.node_id)
-                continue
-            try:
-                msg = message_from_pb(p)
-            except ValueError as e:  # unknown enum value: a newer or broken peer
-                log.warning("dropping undecodable raft message: %s", e)
-                continue
-            self.t.handler(msg)
+        async for batch in request_iterator:
+            for p in batch.messages:
+                if p.to != self.t.node_id:
+                    log.warning("dropping raft message for %r received by %r", p.to, self.t.node_id)
+                    continue
+                try:
+                    msg = message_from_pb(p)
+                except ValueError as e:  # unknown enum value: a newer or broken peer
+                    log.warning("dropping undecodable raft message: %s", e)
+                    continue
+                self.t.handler(msg)
         return raft_pb2.RaftAck()
 
     async def SendSnapshot(self, request_iterator, context):  # noqa: N802
@@ -196,7 +207,12 @@ class _Peer:
             try:
                 while True:
                     m = await self.queue.get()
-                    await call.write(message_to_pb(m))
+                    batch, size = [message_to_pb(m)], _approx_size(m)
+                    while not self.queue.empty() and len(batch) < _MAX_BATCH and size < _BATCH_BYTES:
+                        m = self.queue.get_nowait()
+                        batch.append(message_to_pb(m))
+                        size += _approx_size(m)
+                    await call.write(raft_pb2.RaftBatch(messages=batch))
                     delay = 0.05
             except asyncio.CancelledError:
                 call.cancel()
