@@ -29,7 +29,7 @@ def _random_history(seed: int, steps: int = 300) -> Harness:
         if rng.random() < 0.05:
             h.term += 1
             h.apply(commands_pb2.LeaderChanged(leader_id=f"c{h.term % 3}", api_address="x:1"))
-        op = rng.randrange(10)
+        op = rng.choices(range(10), weights=[3, 4, 4, 4, 4, 4, 1, 2, 1, 1])[0]
         if op == 0:
             jobs += 1
             h.submit(
@@ -48,10 +48,19 @@ def _random_history(seed: int, steps: int = 300) -> Harness:
         elif op in (1, 2):
             pending = h.state.pending_tasks()[: rng.randint(1, 6)]
             if pending:
-                h.place(
-                    {t.id: rng.choice(nodes) for t in pending},
-                    plan_term=h.term if rng.random() < 0.9 else h.term - 1,
-                )
+                pairs = {t.id: rng.choice(nodes) for t in pending}
+                victims = []
+                if rng.random() < 0.3:  # try to preempt something on the first task's node
+                    first = pending[0]
+                    on_node = h.state.tasks(node_id=pairs[first.id], state=TS.TASK_STATE_RUNNING)
+                    victims = [
+                        commands_pb2.Preemption(
+                            task_id=v.id, expected_attempt=v.attempt, node_id=v.node_id, preempted_by=first.id
+                        )
+                        for v in on_node[:2]
+                    ]
+                plan_term = h.term if rng.random() < 0.9 else h.term - 1
+                h.place(pairs, preemptions=victims, plan_term=plan_term)
         elif op in (3, 4, 5):
             placed = [
                 t
@@ -99,6 +108,7 @@ def _random_history(seed: int, steps: int = 300) -> Harness:
             body = rng.choice(
                 [
                     commands_pb2.CordonNode(node_id=n),
+                    commands_pb2.UncordonNode(node_id=n),
                     commands_pb2.UncordonNode(node_id=n),
                     commands_pb2.DrainNode(node_id=n),
                 ]
@@ -312,3 +322,34 @@ def test_results_are_copies():
     assert "x" not in h.state.node("n1").labels
     assert h.state.job("j1").spec.name == "web"
     assert not isinstance(job, LeptonError)
+
+
+_DESIRED = (TS.TASK_STATE_ASSIGNED, TS.TASK_STATE_STARTING, TS.TASK_STATE_RUNNING)
+_FINISHED = (types_pb2.JOB_STATE_COMPLETE, types_pb2.JOB_STATE_FAILED, types_pb2.JOB_STATE_CANCELLED)
+
+
+def _check_invariants(state: ClusterState) -> None:
+    jobs = {j.id: j for j in state.jobs(include_finished=True)}
+    for t in state.tasks():
+        if t.state == TS.TASK_STATE_PENDING:
+            assert t.node_id == "" and t.migrating_to == "", t
+        if t.migrating_to:
+            assert t.state in _DESIRED and t.migrating_to != t.node_id, t
+        if jobs[t.job_id].state in _FINISHED:
+            assert t.state not in _DESIRED, t
+    where: dict[str, list[str]] = {}
+    for n in state.nodes():
+        for a in state.desired_for_node(n.id)[1]:
+            where.setdefault(a.task_id, []).append(n.id)
+    for tid, nodes in where.items():
+        t = state.task(tid)
+        assert sorted(nodes) == sorted({t.node_id, t.migrating_to} - {""}), (t, nodes)
+
+
+@pytest.mark.parametrize("seed", [9, 10])
+def test_invariants_hold_after_every_entry(seed):
+    h = _random_history(seed, steps=150)
+    state = ClusterState()
+    for index, term, data in h.log:
+        state.apply(index, term, data)
+        _check_invariants(state)

@@ -13,9 +13,7 @@ from lepton.v1 import commands_pb2, types_pb2
 
 from . import validate
 from .lifecycle import drop_target, finish
-from .store import DESIRED, JOB_FINISHED, TERMINAL, TS, ApplyContext, Store
-
-JS = types_pb2.JobState
+from .store import DESIRED, JOB_FINISHED, JS, TERMINAL, TS, ApplyContext, Store
 
 
 def submit_job(store: Store, ctx: ApplyContext, body: commands_pb2.SubmitJob) -> types_pb2.Job:

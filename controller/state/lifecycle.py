@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from lepton.v1 import commands_pb2, types_pb2
 
-from .store import JOB_FINISHED, TERMINAL, TS, ApplyContext, Store, job_state_name
+from .store import JOB_FINISHED, JS, TERMINAL, TS, ApplyContext, Store, job_state_name
 
-JS = types_pb2.JobState
 RM = types_pb2.RestartMode
 
 DEFAULT_ON_FAILURE_MAX_RESTARTS = 3

@@ -23,8 +23,20 @@ from lepton.v1 import commands_pb2, types_pb2
 
 from .events import EventLog
 
-TS = types_pb2.TaskState
-JS = types_pb2.JobState
+
+def _plain_enum(wrapper, name: str) -> type:
+    """The enum's values as plain class attributes.
+
+    Attribute access on protobuf's EnumTypeWrapper goes through __getattr__
+    and dominated the profile of a 50,000-task CommitPlan; ints do not.
+    """
+    attrs = {k: v for k, v in wrapper.items()}
+    attrs["Name"] = staticmethod(wrapper.Name)
+    return type(name, (), attrs)
+
+
+TS = _plain_enum(types_pb2.TaskState, "TS")
+JS = _plain_enum(types_pb2.JobState, "JS")
 
 # Tasks that hold resources on their node (a STOPPING process still runs).
 ACTIVE = frozenset(
