@@ -50,13 +50,34 @@ def compute(replica, max_moves: int = 0):
     tasks = list(state.tasks())
     jobs = scheduling.jobs_by_id(state)
     view = scheduling.build_view(state.nodes(), tasks, jobs, scheduling.live_usage_of(replica))
-    history = {nid: list(lv.history) for nid, lv in replica.sessions.live.items()}
-    inflight = tuple(t.id for t in tasks if t.migrating_to)
-    config = RebalanceConfig(max_moves=max_moves) if max_moves else RebalanceConfig()
+    nodes = {n.id: n for n in state.nodes()}
+    history = {
+        nid: utilisation(lv.history, nodes[nid]) for nid, lv in replica.sessions.live.items() if nid in nodes
+    }
+    inflight: dict[str, int] = {}
+    for t in tasks:
+        if t.migrating_to:
+            for nid in (t.node_id, t.migrating_to):
+                inflight[nid] = inflight.get(nid, 0) + 1
+    config = RebalanceConfig(max_moves_per_round=max_moves) if max_moves else RebalanceConfig()
     plan = plan_rebalance(
         view, history, replica.clock.now_ms(), dict(_memory(replica).last_moved_ms), inflight, config
     )
     return plan, {t.id: t for t in tasks}
+
+
+def utilisation(samples, node) -> list[float]:
+    """Samples (time_ms, cpu_millis, memory_bytes, network_mbps) -> 0..1, the max over dimensions."""
+    alloc = scheduling.res(node.capacity) - scheduling.res(node.reserve)
+    out = []
+    for _t, cpu, mem, net in samples:
+        fractions = [
+            used / cap
+            for used, cap in ((cpu, alloc.cpu_millis), (mem, alloc.memory_bytes), (net, alloc.network_mbps))
+            if cap > 0
+        ]
+        out.append(max(fractions, default=0.0))
+    return out
 
 
 def _to_message(plan, tasks_by_id, applied: bool) -> control_pb2.RebalancePlan:

@@ -30,7 +30,8 @@ class Live:
     last_report_mono: float = 0.0  # monotonic seconds: what liveness measures
     last_report_ms: int = 0  # wall time, for display
     task_usage: dict[str, agent_pb2.TaskUsage] = field(default_factory=dict)
-    # (time_ms, cpu_fraction, memory_fraction, network_mbps) samples.
+    # (time_ms, cpu_millis, memory_bytes, network_mbps) samples: absolute, so the
+    # rebalancer can relate them to the node's allocatable resources.
     history: collections.deque = field(default_factory=lambda: collections.deque(maxlen=HISTORY_LEN))
 
 
@@ -130,9 +131,7 @@ class SessionRegistry:
         live.last_report_ms = now_ms
         live.task_usage = {t.task_id: t for t in report.tasks}
         u = report.usage
-        cpu = max(0.0, min(1.0, u.cpu_percent / 100.0))
-        mem = u.memory_used_bytes / u.memory_total_bytes if u.memory_total_bytes > 0 else 0.0
-        live.history.append((report.time_ms or now_ms, cpu, mem, u.network_mbps))
+        live.history.append((report.time_ms or now_ms, u.cpu_millis, u.memory_used_bytes, u.network_mbps))
 
     def touch(self, node_id: str, mono_now: float, now_ms: int) -> None:
         """A Hello counts as a sign of life too."""

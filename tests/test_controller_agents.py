@@ -200,3 +200,37 @@ async def test_drain_moves_running_services_make_before_break(tmp_path):
         finally:
             for a in agents.values():
                 await a.close()
+
+
+async def test_rebalance_plan_and_apply_move_a_task_off_a_hot_node(tmp_path):
+    async with inproc_controller(tmp_path) as h:
+        await wait_leader_announced(h)
+        agents = {n: FakeAgent(h.agent, n) for n in ("n1", "n2")}
+        try:
+            for a in agents.values():
+                a.start_reporting(0.05)
+                await a.next("desired")
+            s = spec(count=1, cpu=1000)
+            s.template.migratable = True
+            d = await h.control.SubmitJob(control_pb2.SubmitJobRequest(spec=s), timeout=5)
+            await eventually(lambda: h.state.tasks(job_id=d.job.id)[0].state == TS.TASK_STATE_ASSIGNED)
+            t = h.state.tasks(job_id=d.job.id)[0]
+            agents[t.node_id].event(t.id, t.attempt, agent_pb2.TASK_EVENT_STARTED)
+            await eventually(lambda: h.state.tasks(job_id=d.job.id)[0].state == TS.TASK_STATE_RUNNING)
+            hot, cool = t.node_id, ("n2" if t.node_id == "n1" else "n1")
+            plan = await h.control.PlanRebalance(control_pb2.RebalanceRequest(), timeout=5)
+            assert not plan.moves and plan.notes  # nothing is hot yet, and it says why
+            agents[hot].cpu_millis = 7900  # 99% of the 8-core node, sustained
+            for _ in range(100):
+                plan = await h.control.PlanRebalance(control_pb2.RebalanceRequest(), timeout=5)
+                if plan.moves:
+                    break
+                await asyncio.sleep(0.05)
+            assert [(m.task_id, m.from_node, m.to_node) for m in plan.moves] == [(t.id, hot, cool)]
+            assert plan.moves[0].reason and not plan.applied
+            applied = await h.control.ApplyRebalance(control_pb2.RebalanceRequest(), timeout=5)
+            assert applied.applied and [m.task_id for m in applied.moves] == [t.id]
+            assert h.state.task(t.id).migrating_to == cool
+        finally:
+            for a in agents.values():
+                await a.close()

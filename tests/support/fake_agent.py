@@ -39,6 +39,8 @@ class FakeAgent:
         self._out.put_nowait(hello(node_id, **hello_kw))
         self.call = stub.Connect(self._requests(), timeout=60)
         self._reporter: asyncio.Task | None = None
+        self.cpu_millis = 100  # what periodic reports claim is busy
+        self.cpu_millis = 100  # what periodic reports claim is busy
 
     async def _requests(self):
         while True:
@@ -50,17 +52,10 @@ class FakeAgent:
     def send(self, msg: agent_pb2.AgentMessage) -> None:
         self._out.put_nowait(msg)
 
-    def report(self, cpu_percent: float = 5.0) -> None:
-        self.send(
-            agent_pb2.AgentMessage(
-                report=agent_pb2.Report(
-                    time_ms=1,
-                    usage=types_pb2.NodeUsage(
-                        cpu_percent=cpu_percent, memory_total_bytes=16 * GiB, memory_used_bytes=GiB
-                    ),
-                )
-            )
-        )
+    def report(self, cpu_millis: int | None = None) -> None:
+        busy = self.cpu_millis if cpu_millis is None else cpu_millis
+        usage = types_pb2.NodeUsage(cpu_millis=busy, memory_total_bytes=16 * GiB, memory_used_bytes=GiB)
+        self.send(agent_pb2.AgentMessage(report=agent_pb2.Report(time_ms=1, usage=usage)))
 
     def event(self, task_id: str, attempt: int, type_: int, exit_code: int = 0) -> None:
         self.send(
