@@ -40,13 +40,13 @@ def dev_config(cfg: ControllerConfig, tmp: Path) -> ControllerConfig:
 async def _agent_in_process(api: str, data_dir: Path, stop: asyncio.Event) -> bool:
     """Runs the agent in this process if agent.main provides run_agent(config, stop). False if not."""
     try:
-        from agent.main import run_agent
-
         from agent.config import AgentConfig
+        from agent.main import run_agent
     except ImportError:
         return False
     params = inspect.signature(run_agent).parameters
-    acfg = AgentConfig(controllers=(api,), data_dir=data_dir, node_id="", enable_gpu=True)
+    # drain_on_exit: a dev cluster takes its tasks with it when it stops.
+    acfg = AgentConfig(controllers=(api,), data_dir=data_dir, drain_on_exit=True)
     if len(params) >= 2:
         await run_agent(acfg, stop)
     else:
