@@ -164,3 +164,8 @@ def test_migrate_rejections(case, kw, err):
     assert isinstance(res, err), res
     if case != "old term":  # fencing leaves a plan.rejected event behind, nothing else
         assert h.state.digest() == before
+
+
+def test_cancel_migration_of_unknown_task():
+    h = _running()
+    assert isinstance(h.apply(commands_pb2.CancelMigration(task_id="zz.0")), NotFound)

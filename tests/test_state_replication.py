@@ -353,3 +353,28 @@ def test_invariants_hold_after_every_entry(seed):
     for index, term, data in h.log:
         state.apply(index, term, data)
         _check_invariants(state)
+
+
+def test_internal_error_in_a_handler_becomes_an_error_result(monkeypatch):
+    from controller.state import cluster
+
+    def boom(store, ctx, body):
+        raise RuntimeError("bug")
+
+    monkeypatch.setitem(cluster._HANDLERS, "cordon_node", boom)
+    h = Harness()
+    h.add_node("n1")
+    result = h.apply(commands_pb2.CordonNode(node_id="n1"))
+    assert isinstance(result, LeptonError) and "internal error" in str(result)
+
+
+def test_state_modules_use_no_clock_randomness_or_pickle():
+    from pathlib import Path
+
+    import controller.state as pkg
+
+    forbidden = ("import time", "import random", "import uuid", "import pickle", "datetime", "os.environ")
+    for path in Path(pkg.__file__).parent.glob("*.py"):
+        text = path.read_text()
+        for word in forbidden:
+            assert word not in text, f"{path.name} uses {word!r}"
