@@ -3,16 +3,16 @@
 Runs a single-voter controller (the real RaftNode, so the dev cluster behaves
 like production, only without peers) with its data in a temporary directory,
 plus an agent for this machine connected to it. The agent runs in-process
-when agent.main offers `run_agent(config, stop)`; otherwise it is started as
-a child process (`python -m agent.main`) and stopped with the controller.
-Everything is removed on exit.
+(agent.main.run_agent); should that not be importable it is started as a
+child process (`python -m agent.main`). On exit the leader loops stop first,
+then the agent stops its tasks (drain on exit), then the controller; the
+temporary directory is removed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
 import shutil
@@ -38,23 +38,15 @@ def dev_config(cfg: ControllerConfig, tmp: Path) -> ControllerConfig:
 
 
 async def _agent_in_process(api: str, data_dir: Path, stop: asyncio.Event) -> bool:
-    """Runs the agent in this process if agent.main provides run_agent(config, stop). False if not."""
+    """Runs the agent in this process until `stop` is set. False if agent.main is not available."""
     try:
         from agent.config import AgentConfig
         from agent.main import run_agent
     except ImportError:
         return False
-    params = inspect.signature(run_agent).parameters
     # drain_on_exit: a dev cluster takes its tasks with it when it stops.
     acfg = AgentConfig(controllers=(api,), data_dir=data_dir, drain_on_exit=True)
-    if len(params) >= 2:
-        await run_agent(acfg, stop)
-    else:
-        task = asyncio.ensure_future(run_agent(acfg))
-        await stop.wait()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await run_agent(acfg, stop)
     return True
 
 
@@ -79,6 +71,11 @@ async def _agent_subprocess(api: str, data_dir: Path, stop: asyncio.Event) -> No
                 await asyncio.to_thread(proc.wait)
 
 
+async def _run_agent(api: str, data_dir: Path, stop: asyncio.Event) -> None:
+    if not await _agent_in_process(api, data_dir, stop):
+        await _agent_subprocess(api, data_dir, stop)
+
+
 async def run_dev(cfg: ControllerConfig, stop: asyncio.Event | None = None) -> None:
     from controller.server import ControllerServer
 
@@ -99,9 +96,13 @@ async def run_dev(cfg: ControllerConfig, stop: asyncio.Event | None = None) -> N
         )
         agent_dir = tmp / "agent"
         agent_dir.mkdir(parents=True, exist_ok=True)
-        if not await _agent_in_process(server.address, agent_dir, stop):
-            await _agent_subprocess(server.address, agent_dir, stop)
+        agent_stop = asyncio.Event()
+        agent = asyncio.create_task(_run_agent(server.address, agent_dir, agent_stop))
         await stop.wait()
+        # Stop placing first, so the agent's drain-on-exit is not undone by a new placement.
+        await server.leader_loops.stop()
+        agent_stop.set()
+        await agent
     finally:
         await server.stop()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -37,6 +37,7 @@ def start_dev(log):
 async def test_dev_mode_runs_a_task_and_shuts_down_cleanly(tmp_path):
     log = tmp_path / "dev.log"
     proc = start_dev(log)
+    job_id = None
     try:
         addr = None
         for _ in range(300):
@@ -73,7 +74,7 @@ async def test_dev_mode_runs_a_task_and_shuts_down_cleanly(tmp_path):
                     command="sleep", args=["30"], resources=types_pb2.Resources(memory_bytes=16 * 2**20)
                 ),
             )
-            await stub.SubmitJob(control_pb2.SubmitJobRequest(spec=spec), timeout=10)
+            job_id = (await stub.SubmitJob(control_pb2.SubmitJobRequest(spec=spec), timeout=10)).job.id
 
             async def running():
                 tasks = (await stub.ListTasks(control_pb2.ListTasksRequest(job_id="hello"), timeout=5)).tasks
@@ -83,7 +84,28 @@ async def test_dev_mode_runs_a_task_and_shuts_down_cleanly(tmp_path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log.read_text()[-3000:]
         assert "Traceback" not in log.read_text()
+        # The dev agent stops its tasks on exit: no process of the job is left behind.
+        assert task_pids(job_id) == [], log.read_text()[-3000:]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+        for pid in task_pids(job_id):
+            os.kill(pid, signal.SIGKILL)
+
+
+def task_pids(job_id: str | None) -> list[int]:
+    """PIDs of processes the agent started for this job (found by their LEPTON_JOB_ID)."""
+    if not job_id:
+        return []
+    found = []
+    needle = f"LEPTON_JOB_ID={job_id}".encode()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if needle in f.read().split(b"\0"):
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
