@@ -157,3 +157,85 @@ async def test_torn_wal_tail_is_repaired_without_losing_acknowledged_writes(clus
         if i != leader:
             await wait_applied(c, i, index)
             await assert_has(c, i, acked)
+
+
+# ---- the driver's API, over real gRPC on loopback, with the replicas in this process ----
+
+
+async def until(pred) -> None:
+    while True:
+        if pred():
+            return
+        await asyncio.sleep(0.02)
+
+
+async def test_driver_api_in_process(tmp_path):
+    from controller.raft.kvdemo import KvStateMachine, free_port
+    from controller.raft.node import RaftConfig, RaftNode
+    from lepton.errors import NotLeader, Unavailable
+
+    peers = {f"n{i}": f"127.0.0.1:{free_port()}" for i in (1, 2, 3)}
+    events: list[tuple[str, bool, int]] = []
+
+    def make(node_id: str, join: bool = False, peer_map: dict[str, str] | None = None) -> RaftNode:
+        cfg = RaftConfig(
+            id=node_id,
+            peers=peer_map or peers,
+            data_dir=tmp_path / node_id,
+            tick_interval=0.02,
+            cluster_id="api-test",
+            join=join,
+        )
+        node = RaftNode(cfg, KvStateMachine())
+        node.add_leadership_listener(lambda leading, term, n=node_id: events.append((n, leading, term)))
+        return node
+
+    nodes = {i: make(i) for i in peers}
+
+    async def leader(exclude=()) -> RaftNode:
+        while True:
+            for n in nodes.values():
+                if n.is_leader and n.id not in exclude:
+                    return n
+            await asyncio.sleep(0.02)
+
+    try:
+        for n in nodes.values():
+            await n.start()
+        lead = await asyncio.wait_for(leader(), 20)
+        assert (lead.id, True) in [(e[0], e[1]) for e in events]
+        index = await lead.propose(KvStateMachine.encode_put("a", b"1"))
+        assert index == lead.applied_index or index <= lead.applied_index
+        follower = next(n for n in nodes.values() if n is not lead)
+        with pytest.raises(NotLeader) as ei:
+            await follower.propose(KvStateMachine.encode_put("b", b"2"))
+        assert ei.value.leader_id in ("", lead.id)
+        with pytest.raises(NotLeader):
+            await follower.read_index()
+        await lead.read_index()
+        assert lead.sm.data["a"] == b"1"
+        assert set(lead.peer_progress()) == set(peers) and follower.peer_progress() == {}
+        assert lead.members() == peers and lead.role == "leader" and follower.role == "follower"
+
+        # Leadership transfer to the follower.
+        await lead.transfer_leadership(follower.id)
+        new = await asyncio.wait_for(leader(), 20)
+        assert new.id == follower.id
+        assert (lead.id, False) in [(e[0], e[1]) for e in events]
+
+        # A fourth member joins, receives the data, and leaves again.
+        peers4 = {**peers, "n4": f"127.0.0.1:{free_port()}"}
+        nodes["n4"] = make("n4", join=True, peer_map=peers4)
+        await nodes["n4"].start()
+        await new.add_member("n4", peers4["n4"])
+        assert set(new.members()) == set(peers4)
+        await new.propose(KvStateMachine.encode_put("c", b"3"))
+        await asyncio.wait_for(until(lambda: nodes["n4"].sm.data.get("c") == b"3"), 20)
+        assert nodes["n4"].sm.data["a"] == b"1"
+        await new.remove_member("n4")
+        assert set(new.members()) == set(peers)
+    finally:
+        for n in nodes.values():
+            await n.stop()
+    with pytest.raises(Unavailable):
+        await lead.propose(b"x")
