@@ -352,7 +352,7 @@ class LeptonClient:
         job_id: str = "",
         limit: int = 0,
     ) -> Iterator[types_pb2.Event]:
-        """Yields events from `since_seq` on; with `follow`, keeps streaming new ones.
+        """Yields events with seq > `since_seq` (0 = from the start); `follow` keeps streaming.
 
         Without `follow` the whole replay has the client's deadline. With
         `follow` the stream has none (it is meant to stay open), and when the
@@ -374,7 +374,7 @@ class LeptonClient:
             try:
                 for event in stream:
                     yielded_any = True
-                    next_seq = event.seq + 1
+                    next_seq = event.seq
                     yield event
                 return
             except grpc.RpcError as rpc_err:

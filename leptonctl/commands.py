@@ -9,6 +9,7 @@ here: anything another program could want belongs in `lepton.client`.
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from typing import Any
 
@@ -219,7 +220,7 @@ def _job_text(j: dict[str, Any]) -> str:
             ("Priority", j["priority"]),
             ("Count", j["count"]),
             ("State", j["state"]),
-            ("Command", " ".join(j["command"])),
+            ("Command", shlex.join(j["command"])),
             ("Resources", render.resources(j["resources"]) + " per task"),
             ("Constraints", "; ".join(j["constraints"]) or "none"),
         ]
@@ -228,9 +229,11 @@ def _job_text(j: dict[str, Any]) -> str:
     return head + "\n\nTasks:\n" + render.table(("ID", "NODE", "STATE", "REASON"), rows, "no tasks")
 
 
-def _jobs_text(jobs: Any) -> str:
-    items = jobs if isinstance(jobs, list) else [jobs]
-    return "\n\n".join(_job_text(j) for j in items)
+def _submitted_text(jobs: Any) -> str:
+    # One job: everything about it. Several: a table, one line per job.
+    if not isinstance(jobs, list):
+        return _job_text(jobs)
+    return f"submitted {len(jobs)} jobs:\n" + _jobs_table(jobs)
 
 
 def _submit_all(client: LeptonClient, specs: list[types_pb2.JobSpec], output: str) -> int:
@@ -245,7 +248,7 @@ def _submit_all(client: LeptonClient, specs: list[types_pb2.JobSpec], output: st
             else:
                 e.message = f"job {spec.name!r}: {e}"
             raise
-    render.emit(done[0] if len(done) == 1 else done, output, _jobs_text)
+    render.emit(done[0] if len(done) == 1 else done, output, _submitted_text)
     return 0
 
 

@@ -175,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_globals(p, top_level=False)
     p.set_defaults(fn=commands.events)
     p.add_argument("--follow", "-f", action="store_true", help="keep streaming new events")
-    p.add_argument("--since", type=int, default=0, metavar="SEQ", help="start at this sequence number")
+    p.add_argument(
+        "--since", type=int, default=0, metavar="SEQ", help="only events after SEQ (default 0: all retained)"
+    )
     p.add_argument("--type", action="append", default=[], metavar="PREFIX", help="e.g. node. or task.placed")
     p.add_argument("--node", metavar="ID")
     p.add_argument("--job", metavar="ID")

@@ -265,14 +265,14 @@ class StandIn(control_pb2_grpc.ControlServiceServicer):
         sent = request.since_seq
         while context.is_active():
             with self.model.new_event:
-                backlog = [e for e in self.model.events if e.seq >= max(sent, 1)]
+                backlog = [e for e in self.model.events if e.seq > sent]
                 if not backlog:
                     if not request.follow:
                         return
                     self.model.new_event.wait(0.2)
                     continue
             for e in backlog:
-                sent = e.seq + 1
+                sent = e.seq
                 if request.types and not any(e.type.startswith(p) for p in request.types):
                     continue
                 yield e
@@ -418,13 +418,13 @@ def test_watch_events_redirects_and_filters(cluster):
     with LeptonClient(cluster.replicas["c3"].address, timeout=5) as client:
         seqs = [e.seq for e in client.watch_events()]
         assert seqs == [1, 2, 3]
-        assert [e.seq for e in client.watch_events(since_seq=2)] == [2, 3]
+        assert [e.seq for e in client.watch_events(since_seq=1)] == [2, 3]
         assert [e.type for e in client.watch_events(types=["node."])] == ["node.joined"]
 
 
 def test_watch_events_follow_yields_new_events(cluster):
     with LeptonClient(cluster.replicas["c1"].address, timeout=5) as client:
-        stream = client.watch_events(since_seq=3, follow=True)
+        stream = client.watch_events(since_seq=2, follow=True)
         assert next(stream).seq == 3
         cluster.model.add_event("job.submitted", "later")
         assert next(stream).type == "job.submitted"
@@ -555,7 +555,7 @@ def test_cli_rebalance_events_top(cluster):
     assert plan == {"applied": False, "moves": [], "notes": ["n1: below high watermark (25% < 80%)"]}
     applied = ctl_json(cluster, "rebalance", "apply")
     assert applied["applied"] and applied["moves"][0]["to_node"] == "n2"
-    ev = ctl_json(cluster, "events", "--since", "2")
+    ev = ctl_json(cluster, "events", "--since", "1")
     assert [e["seq"] for e in ev] == [2, 3] and ev[0]["type"] == "task.placed"
     top = ctl_json(cluster, "top", "--once")
     assert top["nodes"][0]["id"] == "n1"
