@@ -337,6 +337,12 @@ def _check_invariants(state: ClusterState) -> None:
             assert t.state in _DESIRED and t.migrating_to != t.node_id, t
         if jobs[t.job_id].state in _FINISHED:
             assert t.state not in _DESIRED, t
+    # white-box: the per-job state counters behind job-state derivation match the tasks
+    for jid, counts in state._s.job_counts.items():
+        actual: dict[int, int] = {}
+        for t in state.tasks(job_id=jid):
+            actual[t.state] = actual.get(t.state, 0) + 1
+        assert {k: v for k, v in counts.items() if v} == actual, jid
     where: dict[str, list[str]] = {}
     for n in state.nodes():
         for a in state.desired_for_node(n.id)[1]:

@@ -40,6 +40,7 @@ def submit_job(store: Store, ctx: ApplyContext, body: commands_pb2.SubmitJob) ->
     store.active_names[name] = job.id
     if ctx.request_id:
         store.request_ids[ctx.request_id] = job.id
+    store.job_counts[job.id] = {TS.TASK_STATE_PENDING: body.spec.count}
     tmpl = body.spec.template
     for i in range(body.spec.count):
         rec = commands_pb2.TaskRecord(next_attempt=2)

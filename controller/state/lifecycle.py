@@ -110,14 +110,13 @@ def drop_target(store: Store, ctx: ApplyContext, rec: commands_pb2.TaskRecord) -
 def derive_job_state(store: Store, job: types_pb2.Job) -> int:
     if job.state == JS.JOB_STATE_CANCELLED:
         return job.state
-    states = [store.tasks[tid].task.state for tid in store.job_task_ids(job)]
-    if all(s in TERMINAL for s in states):
+    counts = store.job_counts[job.id]
+    total = job.spec.count
+    if sum(counts.get(s, 0) for s in TERMINAL) == total:
         return (
-            JS.JOB_STATE_COMPLETE
-            if all(s == TS.TASK_STATE_SUCCEEDED for s in states)
-            else JS.JOB_STATE_FAILED
+            JS.JOB_STATE_COMPLETE if counts.get(TS.TASK_STATE_SUCCEEDED, 0) == total else JS.JOB_STATE_FAILED
         )
-    started = any(s not in (TS.TASK_STATE_PENDING, TS.TASK_STATE_ASSIGNED) for s in states)
+    started = counts.get(TS.TASK_STATE_PENDING, 0) + counts.get(TS.TASK_STATE_ASSIGNED, 0) < total
     # Once any task has started the job stays RUNNING, also while tasks restart.
     if job.state == JS.JOB_STATE_PENDING and not started:
         return JS.JOB_STATE_PENDING

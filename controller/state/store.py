@@ -87,26 +87,35 @@ class Store:
         # derived
         self.active_names: dict[str, str] = {}
         self.on_node: dict[str, set[str]] = {}
+        # job id -> {task state: number of its tasks in it}; keeps job-state derivation O(1)
+        self.job_counts: dict[str, dict[int, int]] = {}
 
     # ---- derived indexes -------------------------------------------------
 
     def rebuild_indexes(self) -> None:
         self.active_names = {j.spec.name: j.id for j in self.jobs.values() if j.state not in JOB_FINISHED}
         self.on_node = {nid: set() for nid in self.nodes}
+        self.job_counts = {jid: {} for jid in self.jobs}
         for tid, rec in self.tasks.items():
             for nid in holding_nodes(rec):
                 self.on_node.setdefault(nid, set()).add(tid)
+            counts = self.job_counts.setdefault(rec.task.job_id, {})
+            counts[rec.task.state] = counts.get(rec.task.state, 0) + 1
 
-    def begin_change(self, rec: commands_pb2.TaskRecord) -> tuple[frozenset, frozenset]:
+    def begin_change(self, rec: commands_pb2.TaskRecord) -> tuple[frozenset, frozenset, int]:
         """Call before mutating a task; pass the result to end_change()."""
-        return desired_keys(rec), holding_nodes(rec)
+        return desired_keys(rec), holding_nodes(rec), rec.task.state
 
     def end_change(
-        self, rec: commands_pb2.TaskRecord, before: tuple[frozenset, frozenset], ctx: ApplyContext
+        self, rec: commands_pb2.TaskRecord, before: tuple[frozenset, frozenset, int], ctx: ApplyContext
     ) -> None:
-        keys_before, hold_before = before
+        keys_before, hold_before, state_before = before
         keys_after, hold_after = desired_keys(rec), holding_nodes(rec)
         tid = rec.task.id
+        if rec.task.state != state_before:
+            counts = self.job_counts[rec.task.job_id]
+            counts[state_before] -= 1
+            counts[rec.task.state] = counts.get(rec.task.state, 0) + 1
         for nid in hold_before - hold_after:
             self.on_node.get(nid, set()).discard(tid)
             ctx.nodes_changed.add(nid)
