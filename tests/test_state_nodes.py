@@ -189,3 +189,24 @@ def test_members_and_leader():
     assert len(ev) == 1 and ev[0].term == 3
     assert isinstance(h.apply(commands_pb2.LeaderChanged()), InvalidArgument)
     assert isinstance(h.apply(commands_pb2.RegisterMember()), InvalidArgument)
+
+
+def test_register_node_from_hello():
+    from controller.state import register_node_from_hello
+    from lepton.v1 import agent_pb2
+
+    hello = agent_pb2.Hello(
+        node_id="n7",
+        hostname="gpu-7",
+        address="10.0.0.7:7200",
+        capacity=resources(cpu=32_000, mem=2**37, net=25_000, gpus=4),
+        reserve=resources(cpu=1000, mem=2**30),
+        labels={"zone": "b"},
+        gpus=[types_pb2.GpuInfo(index=0, model="H100")],
+        agent_version="0.1.0",
+    )
+    h = Harness()
+    node = h.apply(register_node_from_hello(hello))
+    assert node.id == "n7" and node.hostname == "gpu-7" and node.agent_version == "0.1.0"
+    assert node.allocatable.gpus == 4 and node.gpus[0].model == "H100"
+    assert dict(node.labels) == {"zone": "b"}

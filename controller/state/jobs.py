@@ -62,7 +62,7 @@ def submit_job(store: Store, ctx: ApplyContext, body: commands_pb2.SubmitJob) ->
 
 
 def cancel_job(store: Store, ctx: ApplyContext, body: commands_pb2.CancelJob) -> types_pb2.Job:
-    validate._text(body.reason, "reason")
+    validate.validate_text(body.reason, "reason")
     job = store.find_job(body.job_id)
     if job is None:
         raise NotFound(f"job {body.job_id!r} not found")

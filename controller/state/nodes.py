@@ -32,8 +32,8 @@ def status_name(status: int) -> str:
 def register_member(store: Store, ctx: ApplyContext, body: commands_pb2.RegisterMember) -> None:
     if not body.id:
         raise InvalidArgument("member id is empty")
-    validate._text(body.api_address, "member api address")
-    validate._text(body.raft_address, "member raft address")
+    validate.validate_text(body.api_address, "member api address")
+    validate.validate_text(body.raft_address, "member raft address")
     new = body.id not in store.members
     rec = store.members.setdefault(body.id, commands_pb2.MemberRecord(id=body.id))
     rec.api_address = body.api_address
@@ -100,7 +100,7 @@ def set_node_status(
 ) -> commands_pb2.NodeRecord:
     if body.status not in (NS.NODE_STATUS_READY, NS.NODE_STATUS_SUSPECT, NS.NODE_STATUS_DOWN):
         raise InvalidArgument(f"node status must be ready, suspect or down (got {body.status})")
-    validate._text(body.reason, "reason")
+    validate.validate_text(body.reason, "reason")
     rec = _node(store, body.node_id)
     n = rec.node
     if n.status == body.status:
@@ -167,7 +167,7 @@ def _lose_tasks(store: Store, ctx: ApplyContext, node_id: str, reason: str) -> N
 
 
 def cordon_node(store: Store, ctx: ApplyContext, body: commands_pb2.CordonNode) -> commands_pb2.NodeRecord:
-    validate._text(body.reason, "reason")
+    validate.validate_text(body.reason, "reason")
     rec = _node(store, body.node_id)
     if not rec.node.cordoned:
         rec.node.cordoned = True

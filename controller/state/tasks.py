@@ -56,7 +56,7 @@ def task_update(store: Store, ctx: ApplyContext, body: commands_pb2.TaskUpdate) 
         raise InvalidArgument(
             f"a task update must report starting, running, succeeded, failed or stopped (got {body.state})"
         )
-    validate._text(body.reason, "reason")
+    validate.validate_text(body.reason, "reason")
     rec = _task(store, body.task_id)
     t = rec.task
     if t.migrating_to and body.attempt == rec.migration_attempt:
@@ -143,7 +143,7 @@ def _target_update(
 
 def migrate_task(store: Store, ctx: ApplyContext, body: commands_pb2.MigrateTask) -> types_pb2.Task:
     check_fencing(store, ctx, "migration")
-    validate._text(body.reason, "reason")
+    validate.validate_text(body.reason, "reason")
     rec = _task(store, body.task_id)
     t = rec.task
     if t.state not in DESIRED:
@@ -197,7 +197,7 @@ def migrate_task(store: Store, ctx: ApplyContext, body: commands_pb2.MigrateTask
 
 
 def cancel_migration(store: Store, ctx: ApplyContext, body: commands_pb2.CancelMigration) -> types_pb2.Task:
-    validate._text(body.reason, "reason")
+    validate.validate_text(body.reason, "reason")
     rec = _task(store, body.task_id)
     t = rec.task
     if not t.migrating_to:

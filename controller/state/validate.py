@@ -76,7 +76,7 @@ def validate_node_id(node_id: str) -> None:
         )
 
 
-def _text(value: str, what: str, limit: int = MAX_TEXT_LEN) -> None:
+def validate_text(value: str, what: str, limit: int = MAX_TEXT_LEN) -> None:
     if len(value) > limit:
         _fail(f"{what} is longer than {limit} characters")
 
@@ -126,13 +126,13 @@ def validate_constraints(constraints) -> None:
         if len(c.values) > MAX_CONSTRAINT_VALUES:
             _fail(f"{where}: more than {MAX_CONSTRAINT_VALUES} values")
         for v in c.values:
-            _text(v, f"{where}: value")
+            validate_text(v, f"{where}: value")
 
 
 def validate_template(t: types_pb2.TaskTemplate) -> None:
     if not t.command.strip():
         _fail("task command is empty")
-    _text(t.command, "task command", MAX_COMMAND_LEN)
+    validate_text(t.command, "task command", MAX_COMMAND_LEN)
     if "\x00" in t.command or any("\x00" in a for a in t.args):
         _fail("task command or args contain a NUL character")
     if len(t.args) > MAX_ARGS or sum(len(a) for a in t.args) > MAX_ARGS_TOTAL_LEN:
@@ -142,8 +142,8 @@ def validate_template(t: types_pb2.TaskTemplate) -> None:
     for key in sorted(t.env):
         if not _ENV_KEY.fullmatch(key):
             _fail(f"task env: {key[:80]!r} is not a valid variable name")
-        _text(t.env[key], f"task env {key}", MAX_ARGS_TOTAL_LEN)
-    _text(t.working_dir, "task working_dir", MAX_COMMAND_LEN)
+        validate_text(t.env[key], f"task env {key}", MAX_ARGS_TOTAL_LEN)
+    validate_text(t.working_dir, "task working_dir", MAX_COMMAND_LEN)
     validate_resources(t.resources, "task resources", allow_zero=False)
     validate_constraints(t.constraints)
     if t.restart.mode not in types_pb2.RestartMode.values():
@@ -154,7 +154,7 @@ def validate_template(t: types_pb2.TaskTemplate) -> None:
         _fail(f"restart delay must be between 0 and {MAX_DELAY_MS} ms")
     if not 0 <= t.kill_timeout_ms <= MAX_KILL_TIMEOUT_MS:
         _fail(f"kill_timeout must be between 0 and {MAX_KILL_TIMEOUT_MS} ms")
-    _text(t.gpu_model, "gpu_model", 256)
+    validate_text(t.gpu_model, "gpu_model", 256)
 
 
 def validate_job_spec(spec: types_pb2.JobSpec) -> None:
@@ -174,16 +174,16 @@ def validate_job_spec(spec: types_pb2.JobSpec) -> None:
 
 def validate_submit(body: commands_pb2.SubmitJob, request_id: str = "") -> None:
     validate_job_id(body.job_id)
-    _text(request_id, "request id", 256)
+    validate_text(request_id, "request id", 256)
     validate_job_spec(body.spec)
 
 
 def validate_register_node(body: commands_pb2.RegisterNode) -> None:
     """An agent's Hello, as it will be registered."""
     validate_node_id(body.node_id)
-    _text(body.hostname, "hostname")
-    _text(body.address, "address")
-    _text(body.agent_version, "agent version")
+    validate_text(body.hostname, "hostname")
+    validate_text(body.address, "address")
+    validate_text(body.agent_version, "agent version")
     validate_resources(body.capacity, "node capacity", allow_zero=True)
     validate_resources(body.reserve, "node reserve", allow_zero=True)
     cap, res = body.capacity, body.reserve
