@@ -24,6 +24,8 @@ import logging
 
 import grpc
 
+from controller.control_service import reject_malformed
+from controller.server import Malformed
 from controller.state import commands, validate
 from lepton.errors import InvalidArgument, LeptonError, NotFound, NotLeader, abort
 from lepton.v1 import agent_pb2, agent_pb2_grpc, commands_pb2, types_pb2
@@ -96,6 +98,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             return
         except TimeoutError:
             raise InvalidArgument(f"no Hello within {HELLO_TIMEOUT:g}s") from None
+        reject_malformed(first)
         if first.WhichOneof("msg") != "hello":
             raise InvalidArgument("the first message on an agent stream must be Hello")
         hello = first.hello
@@ -122,6 +125,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         reader = asyncio.create_task(self._read(session, it, tracker), name=f"agent-read-{node_id}")
         try:
             while await session.wait_for_change():
+                # desired_version is cheap and moves exactly when the set changes;
+                # only then is the whole set built and compared.
+                if (
+                    session.sent_tasks is not None
+                    and r.state.desired_version(node_id) == session.sent_version
+                ):
+                    continue
                 version, tasks = r.state.desired_for_node(node_id)
                 msg = session.due_desired(version, tasks)
                 if msg is not None:
@@ -140,6 +150,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         r = self.r
         try:
             async for msg in it:
+                if isinstance(msg, Malformed):
+                    log.warning("agent %s sent a malformed message: %s", session.node_id, msg.message)
+                    continue
                 kind = msg.WhichOneof("msg")
                 if kind == "report":
                     r.sessions.record_report(

@@ -18,6 +18,7 @@ import secrets
 import grpc
 
 from controller import rebalancing
+from controller.server import Malformed
 from controller.state import validate
 from lepton.errors import AlreadyExists, InvalidArgument, LeptonError, NotFound, abort
 from lepton.v1 import commands_pb2, control_pb2, control_pb2_grpc, types_pb2
@@ -39,6 +40,7 @@ def rpc(fn):
     @functools.wraps(fn)
     async def wrapper(self, request, context):
         try:
+            reject_malformed(request)
             return await fn(self, request, context)
         except LeptonError as e:
             await abort(context, e)
@@ -51,6 +53,11 @@ def rpc(fn):
             )
 
     return wrapper
+
+
+def reject_malformed(request) -> None:
+    if isinstance(request, Malformed):
+        raise InvalidArgument(request.message)
 
 
 def new_job_id(now_ms: int) -> str:
@@ -294,6 +301,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
 
     async def WatchEvents(self, request, context):
         try:
+            reject_malformed(request)
             if request.limit < 0:
                 raise InvalidArgument("limit must not be negative")
             if len(request.types) > MAX_WATCH_TYPES or any(len(t) > MAX_ID_LEN for t in request.types):

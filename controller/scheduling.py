@@ -39,7 +39,8 @@ TS = types_pb2.TaskState
 HOLDING = frozenset(
     {TS.TASK_STATE_ASSIGNED, TS.TASK_STATE_STARTING, TS.TASK_STATE_RUNNING, TS.TASK_STATE_STOPPING}
 )
-BATCH_WINDOW = 0.02  # after a wake-up, wait this long so a burst of submits lands in one round
+BATCH_WINDOW = 0.02
+IDLE_PACE = 0.1  # after a wake-up, wait this long so a burst of submits lands in one round
 
 
 def res(r: types_pb2.Resources) -> Res:
@@ -276,5 +277,10 @@ async def placement_loop(replica, term: int) -> None:
             await asyncio.sleep(BATCH_WINDOW)
         sessions.capacity_changed.clear()
         seen = sessions.generation
-        await placement_round(replica, term)
-        await drain_round(replica, term)
+        placed = await placement_round(replica, term)
+        moved = await drain_round(replica, term)
+        if not placed and not moved:
+            # Nothing could be done: tasks still pending wait for real news (a
+            # commit, a node, a capacity change) without re-planning on every
+            # applied entry faster than this.
+            await asyncio.sleep(IDLE_PACE)

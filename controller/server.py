@@ -18,12 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+from google.protobuf import message_factory
+from google.protobuf.message import DecodeError
 
 from controller.config import Clock, ControllerConfig
 from controller.sessions import SessionRegistry
 from controller.state import commands
 from lepton.errors import LeptonError, NotLeader, Unavailable
-from lepton.v1 import agent_pb2_grpc, control_pb2, control_pb2_grpc
+from lepton.v1 import agent_pb2, control_pb2, control_pb2_grpc
 
 log = logging.getLogger("lepton.controller")
 
@@ -117,6 +119,48 @@ class Replica:
             raise self.not_leader() from None
 
 
+class Malformed:
+    """Stands in for a request whose bytes are not the expected protobuf message.
+
+    gRPC would answer a deserializer exception with INTERNAL; handing the
+    servicer this value instead lets it answer INVALID_ARGUMENT.
+    """
+
+    def __init__(self, type_name: str, error: str) -> None:
+        self.message = f"malformed {type_name}: {error}"
+
+
+def _tolerant_deserializer(cls):
+    def deserialize(data: bytes):
+        try:
+            return cls.FromString(data)
+        except DecodeError as e:
+            return Malformed(cls.DESCRIPTOR.name, str(e) or "cannot parse")
+
+    return deserialize
+
+
+def add_tolerant_service(server: grpc.aio.Server, service, servicer) -> None:
+    """Registers `servicer` for the service descriptor like the generated add_*_to_server,
+    but with deserializers that turn unparsable requests into `Malformed` values."""
+    handlers = {}
+    for m in service.methods:
+        req = message_factory.GetMessageClass(m.input_type)
+        resp = message_factory.GetMessageClass(m.output_type)
+        kind = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[(m.client_streaming, m.server_streaming)]
+        handlers[m.name] = kind(
+            getattr(servicer, m.name),
+            request_deserializer=_tolerant_deserializer(req),
+            response_serializer=resp.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+
 class ControllerServer:
     """Owns the lifetime of one replica's parts. `node_factory` lets tests use a Raft stand-in."""
 
@@ -177,8 +221,12 @@ class ControllerServer:
             ("grpc.so_reuseport", 0),
         ]
         server = grpc.aio.server(options=opts)
-        control_pb2_grpc.add_ControlServiceServicer_to_server(ControlServicer(replica), server)
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(replica), server)
+        add_tolerant_service(
+            server, control_pb2.DESCRIPTOR.services_by_name["ControlService"], ControlServicer(replica)
+        )
+        add_tolerant_service(
+            server, agent_pb2.DESCRIPTOR.services_by_name["AgentService"], AgentServicer(replica)
+        )
         try:
             self.port = server.add_insecure_port(self.cfg.listen)
         except RuntimeError as e:

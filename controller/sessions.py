@@ -53,11 +53,12 @@ class AgentSession:
         """Returns the set to send if it differs from the last one sent (or none was sent)."""
         msg = agent_pb2.DesiredTasks(version=version, tasks=tasks)
         body = b"".join(t.SerializeToString(deterministic=True) for t in tasks)
-        if self.sent_tasks is not None and body == self.sent_tasks:
-            # Same tasks (perhaps under a newer state version): nothing for the agent to do.
+        same = self.sent_tasks is not None and body == self.sent_tasks
+        self.sent_version = version
+        if same:
+            # Same tasks under a newer version (e.g. a change that was undone): nothing to do.
             return None
         self.sent_tasks = body
-        self.sent_version = version
         return msg
 
     async def wait_for_change(self) -> bool:

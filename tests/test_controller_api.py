@@ -253,3 +253,22 @@ async def test_watch_events_backlog_and_follow(tmp_path):
         first = await call.read()
         assert first.type.startswith("job.")
         call.cancel()
+
+
+async def test_unparsable_request_bytes_are_invalid_argument(tmp_path):
+    async with inproc_controller(tmp_path) as h:
+        await wait_leader_announced(h)
+        before = len(h.raft.proposals)
+        raw = h.channel.unary_unary(
+            "/lepton.v1.ControlService/SubmitJob", request_serializer=None, response_deserializer=None
+        )
+        await expect_code(
+            raw(b"\xff\xff\xff\xff garbage", timeout=5), grpc.StatusCode.INVALID_ARGUMENT, "malformed"
+        )
+        assert len(h.raft.proposals) == before
+        # An unknown method is UNIMPLEMENTED, and the server keeps serving.
+        nope = h.channel.unary_unary(
+            "/lepton.v1.ControlService/Nope", request_serializer=None, response_deserializer=None
+        )
+        await expect_code(nope(b"", timeout=5), grpc.StatusCode.UNIMPLEMENTED)
+        await h.control.GetClusterStatus(control_pb2.ClusterStatusRequest(), timeout=5)
