@@ -12,6 +12,7 @@ import sys
 import grpc
 
 from lepton.v1 import control_pb2, control_pb2_grpc, types_pb2
+from tests.support.procs import kill_task_processes, task_pids
 
 
 def start_dev(log):
@@ -90,22 +91,4 @@ async def test_dev_mode_runs_a_task_and_shuts_down_cleanly(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
-        for pid in task_pids(job_id):
-            os.kill(pid, signal.SIGKILL)
-
-
-def task_pids(job_id: str | None) -> list[int]:
-    """PIDs of processes the agent started for this job (found by their LEPTON_JOB_ID)."""
-    if not job_id:
-        return []
-    found = []
-    needle = f"LEPTON_JOB_ID={job_id}".encode()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    if needle in f.read().split(b"\0"):
-                        found.append(int(entry))
-            except OSError:
-                continue
-    return found
+        kill_task_processes(job_id)

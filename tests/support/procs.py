@@ -133,3 +133,86 @@ class ControllerCluster:
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.id} ---\n{p.log_tail()}" for p in self.procs.values())
+
+
+class AgentProc:
+    """A real lepton-agent process (python -m agent) with fixed capacity overrides."""
+
+    def __init__(self, node_id: str, controllers: list[str], data_dir: Path, log_dir: Path, extra=()) -> None:
+        self.id = node_id
+        self.controllers = controllers
+        self.data_dir = data_dir
+        self.log_path = log_dir / f"agent-{node_id}.log"
+        self.extra = list(extra)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        argv = [
+            sys.executable,
+            "-m",
+            "agent",
+            "--controllers",
+            ",".join(self.controllers),
+            "--node-id",
+            self.id,
+            "--data-dir",
+            str(self.data_dir),
+            "--cpus",
+            "4",
+            "--memory",
+            "8Gi",
+            "--network",
+            "1G",
+            "--report-interval",
+            "500ms",
+            *self.extra,
+        ]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            start_new_session=True,
+        )
+        log.close()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.running:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+def task_pids(job_id: str | None) -> list[int]:
+    """PIDs of task processes agents started for this job (found by LEPTON_JOB_ID in their environment)."""
+    if not job_id:
+        return []
+    found = []
+    needle = f"LEPTON_JOB_ID={job_id}".encode()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if needle in f.read().split(b"\0"):
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def kill_task_processes(job_id: str | None) -> None:
+    for pid in task_pids(job_id):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass

@@ -1,0 +1,116 @@
+"""End to end with real processes: a controller and two real agents running real tasks.
+
+A node whose agent is SIGKILLed goes down and its tasks run on the other
+node; when the agent comes back, it is told (by a desired set without them)
+to stop the stale copies it still runs. Default liveness settings, so the
+printed time is the "node lost -> tasks running elsewhere" figure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from lepton.v1 import control_pb2, types_pb2
+from tests.support.client import RedirectingClient
+from tests.support.procs import AgentProc, ControllerCluster, kill_task_processes, task_pids
+
+TS = types_pb2.TaskState
+
+
+@pytest.fixture
+def world(tmp_path):
+    ctl = ControllerCluster(tmp_path, 1)
+    agents = {n: AgentProc(n, ctl.api_addresses, tmp_path / f"agent-{n}", tmp_path) for n in ("n1", "n2")}
+    state = {"job_id": None}
+    ctl.start()
+    for a in agents.values():
+        a.start()
+    try:
+        yield ctl, agents, state
+    finally:
+        for a in agents.values():
+            a.kill()
+        ctl.close()
+        kill_task_processes(state["job_id"])
+
+
+async def until(fn, what, timeout=60.0):  # noqa: ASYNC109
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = await fn()
+        if got:
+            return got
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_node_killed_tasks_run_elsewhere_and_stale_copies_stop(world):
+    ctl, agents, state = world
+    client = RedirectingClient(ctl.api_addresses)
+    try:
+        try:
+
+            async def nodes_ready():
+                r = await client.call("ListNodes", control_pb2.ListNodesRequest())
+                return sum(1 for n in r.nodes if n.status == types_pb2.NODE_STATUS_READY) == 2
+
+            await until(nodes_ready, "both agents")
+            spec = types_pb2.JobSpec(
+                name="svc",
+                count=2,
+                template=types_pb2.TaskTemplate(
+                    command="sleep", args=["120"], resources=types_pb2.Resources(memory_bytes=256 * 2**20)
+                ),
+            )
+            d = await client.call("SubmitJob", control_pb2.SubmitJobRequest(spec=spec))
+            state["job_id"] = d.job.id
+
+            async def tasks():
+                return (await client.call("ListTasks", control_pb2.ListTasksRequest(job_id=d.job.id))).tasks
+
+            async def all_running():
+                ts = await tasks()
+                return ts if all(t.state == TS.TASK_STATE_RUNNING for t in ts) else None
+
+            ts = await until(all_running, "tasks running")
+            victim = ts[0].node_id
+            survivor = "n2" if victim == "n1" else "n1"
+            moved = [t.id for t in ts if t.node_id == victim]
+
+            agents[victim].kill()
+            t0 = time.monotonic()
+
+            async def moved_and_running():
+                ts = await tasks()
+                by_id = {t.id: t for t in ts}
+                return all(
+                    by_id[i].node_id == survivor and by_id[i].state == TS.TASK_STATE_RUNNING for i in moved
+                )
+
+            await until(moved_and_running, "tasks running on the surviving node")
+            print(f"node lost -> its {len(moved)} task(s) running elsewhere: {time.monotonic() - t0:.2f}s")
+            # The killed agent's children are still alive: stale copies.
+            assert len(task_pids(d.job.id)) == 2 + len(moved)
+
+            agents[victim].start()
+
+            async def stale_stopped():
+                return len(task_pids(d.job.id)) == 2
+
+            await until(stale_stopped, "stale copies stopped by the returning agent")
+
+            async def victim_ready():
+                n = await client.call("GetNode", control_pb2.GetNodeRequest(id=victim))
+                return n.node.status == types_pb2.NODE_STATUS_READY
+
+            await until(victim_ready, "returning node ready")
+        except BaseException:
+            print(ctl.logs())
+            for a in agents.values():
+                print(f"--- agent {a.id} ---\n{a.log_tail()}")
+            raise
+    finally:
+        await client.close()
