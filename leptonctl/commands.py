@@ -326,7 +326,9 @@ def jobs_show(client: LeptonClient, args: Any) -> int:
 
 def jobs_cancel(client: LeptonClient, args: Any) -> int:
     data = views.job_detail(client.cancel_job(args.id))
-    render.emit(data, args.output, lambda j: f"job {j['id']} ({j['name']}) cancelled: {j['state']}")
+    render.emit(
+        data, args.output, lambda j: f"job {j['id']} ({j['name']}): cancel requested, now {j['state']}"
+    )
     return 0
 
 
