@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import numpy as np
@@ -419,3 +420,105 @@ def test_memory_in_bytes_stays_exact_at_tebibyte_scale():
     assert where(place(view(n), [t])) == {"t": "big"}
     t2 = type(t)("t", "t", 0, 0, Res(memory_bytes=4096 * GiB + 1))
     assert reasons(place(view(n), [t2])) == {"t": "insufficient memory on 1 node"}
+
+
+# --- a slow, obvious reference planner: the fast one must agree with it exactly ----------------
+
+
+def reference_place(nodes, tasks, policy):
+    """Straight loops over nodes and subsets, the rules of docs/placement.md, nothing cached."""
+    nodes = sorted(nodes, key=lambda n: n.id)
+    used = {
+        n.id: [max(r, lv) for r, lv in zip(n.reserved.as_tuple(), n.live_used.as_tuple(), strict=True)]
+        for n in nodes
+    }
+    alive = {n.id: list(n.tasks) for n in nodes}
+    jobs_on = {n.id: [t.job_id for t in n.tasks] for n in nodes}
+    out, evicted = [], []
+
+    def passes(n, t):
+        return (
+            n.ready
+            and n.schedulable
+            and all(label_matches(n.labels, c) for c in t.constraints)
+            and (not t.gpu_model or any(t.gpu_model.lower() in m.lower() for m in n.gpu_models))
+            and n.id not in t.avoid_nodes
+            and not (t.distinct_nodes and t.job_id in jobs_on[n.id])
+        )
+
+    def fits(n, t, freed=(0, 0, 0, 0)):
+        rq = t.resources.as_tuple()
+        return all(used[n.id][d] - freed[d] + rq[d] <= n.allocatable.as_tuple()[d] for d in range(4))
+
+    def score(n, t):
+        rq = [float(x) for x in t.resources.as_tuple()]
+        al = n.allocatable.as_tuple()
+        total = wsum = 0.0
+        for d in range(4):
+            if rq[d] > 0:
+                total += ((float(used[n.id][d]) + rq[d]) * (1.0 / al[d] if al[d] > 0 else 0.0)) * 1.0
+                wsum += 1.0
+        if wsum:
+            total *= 1.0 / wsum
+        return 1.0 - total if policy is Policy.SPREAD else total
+
+    def take(n, t):
+        for d, x in enumerate(t.resources.as_tuple()):
+            used[n.id][d] += x
+        jobs_on[n.id].append(t.job_id)
+
+    for t in sorted(tasks, key=lambda t: (-t.priority, t.order, t.task_id)):
+        ok = [n for n in nodes if passes(n, t) and fits(n, t)]
+        if ok:
+            top = max(score(n, t) for n in ok)
+            best = next(n for n in ok if score(n, t) == top)  # ties: lowest id
+            out.append((t.task_id, best.id))
+            take(best, t)
+            continue
+        choice = None
+        for n in nodes:
+            if not passes(n, t):
+                continue
+            cands = sorted(
+                (v for v in alive[n.id] if v.priority < t.priority), key=lambda v: (v.priority, v.task_id)
+            )
+            for k in range(1, len(cands) + 1):
+                found = None
+                for combo in itertools.combinations(cands, k):
+                    freed = [sum(v.resources.as_tuple()[d] for v in combo) for d in range(4)]
+                    if fits(n, t, freed):
+                        p = sum(v.priority for v in combo)
+                        if found is None or p < found[0]:
+                            found = (p, combo)
+                if found:
+                    if choice is None or (k, found[0]) < (choice[0], choice[1]):
+                        choice = (k, found[0], n, found[1])
+                    break
+        if choice is None:
+            continue
+        _, _, n, combo = choice
+        for v in combo:
+            alive[n.id].remove(v)
+            jobs_on[n.id].remove(v.job_id)
+            for d, x in enumerate(v.resources.as_tuple()):
+                used[n.id][d] -= x
+            evicted.append(v.task_id)
+        out.append((t.task_id, n.id))
+        take(n, t)
+    return out, sorted(evicted)
+
+
+@pytest.mark.parametrize("policy", list(Policy))
+@pytest.mark.parametrize("seed", range(6))
+def test_fast_planner_agrees_with_the_reference(seed, policy):
+    nodes, tasks = random_instance(seed, n_nodes=12, n_tasks=120)
+    plan = place(view(*nodes), tasks, policy, packing=False)
+    expected, evicted = reference_place(nodes, tasks, policy)
+    assert [(a.task_id, a.node_id) for a in plan.assignments] == expected
+    assert sorted(p.victim_task_id for p in plan.preemptions) == evicted
+
+
+def test_the_reference_comparison_exercises_preemption_and_unplaced_tasks():
+    outcomes = [place(view(*n), t, packing=False) for n, t in (random_instance(s, 12, 120) for s in range(6))]
+    assert sum(len(p.preemptions) for p in outcomes) > 0
+    assert sum(len(p.unplaced) for p in outcomes) > 0

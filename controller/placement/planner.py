@@ -9,7 +9,9 @@ Order: priority descending, then submission `order`, then task id. Each task
 goes to the best-scoring feasible node (scoring.py); later tasks see the
 reservations of earlier ones. A task that fits nowhere tries preemption
 (preempt.py); failing that it is reported with aggregated filter reasons
-(reasons.py).
+(reasons.py). Under bin-pack, a small priority level that fits entirely may be
+arranged differently to open fewer nodes (packing.py); that arrangement is only
+used when it places every task of the level, so no task of it loses its place.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from controller.placement.model import (
     TaskRequest,
     Unplaced,
 )
+from controller.placement.packing import PACK_EFFORT_TASKS, pack_level
 from controller.placement.preempt import find_preemption
 from controller.placement.scoring import DEFAULT_WEIGHTS, Scorer, Shape
 from controller.placement.state import NDIM, PlanState
@@ -39,17 +42,61 @@ def place(
     policy: Policy = Policy.BINPACK,
     *,
     preemption: bool = True,
+    packing: bool = True,
     weights: tuple[float, float, float, float] = DEFAULT_WEIGHTS,
 ) -> Plan:
-    """Plan placements for `pending` on `view`. Pure and deterministic."""
+    """Plan placements for `pending` on `view`. Pure and deterministic.
+
+    `preemption=False` never evicts; `packing=False` skips the bin-pack packing pass
+    (packing.py), leaving plain best fit in submission order.
+    """
     state = PlanState(view)
     scorer = Scorer(state, policy, weights)
     assignments: list[Assignment] = []
     preemptions: list[Preemption] = []
     unplaced: list[Unplaced] = []
+    failed: dict[tuple, tuple[int, int]] = {}  # shape key -> (evictions, priority) when it last failed
 
-    for task in sorted(pending, key=lambda t: (-t.priority, t.order, t.task_id)):
-        shape = scorer.shape_for(task)
+    ordered = sorted(pending, key=lambda t: (-t.priority, t.order, t.task_id))
+    for level in _levels(ordered):
+        if packing and scorer.spread is False and 2 <= len(level) <= PACK_EFFORT_TASKS:
+            packed = pack_level(state, scorer, level)
+            if packed is not None:
+                # Replay in the strategy's order (scores as each task is placed), report in task order.
+                done: dict[int, Assignment] = {}
+                for k, i in packed:
+                    task = level[k]
+                    shape = scorer.shape_for(task)
+                    done[k] = Assignment(task.task_id, state.ids[i], scorer.row(shape, i))
+                    state.assign(i, shape.req, task.job_id)
+                assignments.extend(done[k] for k in sorted(done))
+                continue
+        for task in level:
+            _place_one(state, scorer, task, preemption, assignments, preemptions, unplaced, failed)
+
+    return Plan(tuple(assignments), tuple(preemptions), tuple(unplaced))
+
+
+def _levels(ordered: Sequence[TaskRequest]) -> list[list[TaskRequest]]:
+    """Split the ordered tasks into runs of equal priority."""
+    levels: list[list[TaskRequest]] = []
+    for task in ordered:
+        if levels and levels[-1][0].priority == task.priority:
+            levels[-1].append(task)
+        else:
+            levels.append([task])
+    return levels
+
+
+def _place_one(state, scorer, task, preemption, assignments, preemptions, unplaced, failed) -> None:
+    """The ordinary path: best node, else preemption, else a reason."""
+    shape = scorer.shape_for(task)
+    # Without evictions, free room only shrinks and later tasks are no more important, so a
+    # shape that failed (preemption included) fails again: skip the search, keep the reason.
+    memo = failed.get(shape.key)
+    if memo is not None and memo[0] == state.evictions and task.priority <= memo[1]:
+        i, score = -1, 0.0
+    else:
         i, score = scorer.best(shape)
         if i < 0 and preemption:
             chosen = find_preemption(state, shape, task.priority)
@@ -59,14 +106,13 @@ def place(
                     state.evict(t)
                     preemptions.append(Preemption(state.t_ids[t], state.ids[i], task.task_id))
                 score = scorer.row(shape, i)
-        if i < 0:
-            counts = unplaced_counts(state, task, shape)
-            unplaced.append(Unplaced(task.task_id, R.format_reason(counts), counts))
-            continue
-        state.assign(i, shape.req, task.job_id)
-        assignments.append(Assignment(task.task_id, state.ids[i], score))
-
-    return Plan(tuple(assignments), tuple(preemptions), tuple(unplaced))
+    if i < 0:
+        failed[shape.key] = (state.evictions, task.priority)
+        counts = unplaced_counts(state, task, shape)
+        unplaced.append(Unplaced(task.task_id, R.format_reason(counts), counts))
+        return
+    state.assign(i, shape.req, task.job_id)
+    assignments.append(Assignment(task.task_id, state.ids[i], score))
 
 
 def unplaced_counts(state: PlanState, task: TaskRequest, shape: Shape) -> dict[str, int]:

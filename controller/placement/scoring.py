@@ -48,12 +48,27 @@ class Scorer:
         self.spread = Policy(policy) is Policy.SPREAD
         self.weights = tuple(float(w) for w in weights)
         self._static: dict[tuple, np.ndarray] = {}
+        self._shapes: dict[tuple, Shape] = {}
         self._scores: dict[tuple, list] = {}  # shape key -> [score vector, log position]
         # Recomputing more rows than this one by one costs more than one vectorised pass.
         self._row_limit = max(32, state.n // 64)
 
     # -- shapes ---------------------------------------------------------------------------------
     def shape_for(self, task: TaskRequest) -> Shape:
+        # Tasks of one job repeat the same fields: build each distinct shape once per plan.
+        ck = (
+            task.resources,
+            task.constraints,
+            task.gpu_model,
+            task.avoid_nodes,
+            task.job_id if task.distinct_nodes else None,
+        )
+        shape = self._shapes.get(ck)
+        if shape is None:
+            shape = self._shapes[ck] = self._new_shape(task)
+        return shape
+
+    def _new_shape(self, task: TaskRequest) -> Shape:
         req = tuple(float(x) for x in task.resources.as_tuple())
         static_key = (task.constraints, task.gpu_model, task.avoid_nodes)
         static = self._static.get(static_key)

@@ -74,6 +74,12 @@ class PlanState:
         for t, i in enumerate(node_of):
             self.tasks_on[i].append(t)
 
+        # Tasks per node (a node with reservations but no listed tasks counts as holding one):
+        # the packing pass counts the nodes a plan opens, i.e. that go from 0 to non-zero.
+        self.ntasks = np.array(
+            [max(len(x.tasks), 1 if any(x.reserved.as_tuple()) else 0) for x in nodes], dtype=np.int64
+        )
+
         self.log: list[int] = []  # node index per change, in order
         self.evictions = 0  # bumps on every eviction (invalidates preemption caches)
 
@@ -85,6 +91,21 @@ class PlanState:
                 self.free[d, i] -= r
         counts = self.job_nodes[job_id]
         counts[i] = counts.get(i, 0) + 1
+        self.ntasks[i] += 1
+        self.log.append(i)
+
+    def unassign(self, i: int, req: tuple[float, ...], job_id: str) -> None:
+        """Exactly undo `assign` (all quantities are integers below 2**53, so float sums are exact)."""
+        for d in range(NDIM):
+            r = req[d]
+            if r:
+                self.used[d, i] -= r
+                self.free[d, i] += r
+        counts = self.job_nodes[job_id]
+        counts[i] -= 1
+        if counts[i] == 0:
+            del counts[i]
+        self.ntasks[i] -= 1
         self.log.append(i)
 
     def evict(self, t: int) -> None:
@@ -99,5 +120,6 @@ class PlanState:
         counts[i] -= 1
         if counts[i] == 0:
             del counts[i]
+        self.ntasks[i] -= 1
         self.evictions += 1
         self.log.append(i)
