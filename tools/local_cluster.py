@@ -9,7 +9,8 @@ Each process is a real `lepton-controller` / `lepton-agent` with its own data
 directory and log file under --dir; their PIDs are kept in --dir/pids.json so
 that `down` stops exactly the processes `up` started (and nothing else).
 Agent n1 is the idea's worked-example machine (100 cores, 1 TiB, 10 Gbit/s,
-label site=plant-1); agent n2 is a second, ordinary machine.
+label site=plant-1); agent n2 is a second, smaller machine (16 cores, 64 GiB).
+Agents run with --drain-on-exit so that `down` leaves no task processes behind.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def up(args: argparse.Namespace) -> int:
     for nid, extra in AGENTS.items():
         argv = [
             _bin("lepton-agent"), "--controllers", controllers, "--node-id", nid,
-            "--data-dir", str(root / nid), "--report-interval", "1s", *extra,
+            "--data-dir", str(root / nid), "--report-interval", "1s", "--drain-on-exit", *extra,
         ]  # fmt: skip
         pids[nid] = _spawn(argv, root / f"{nid}.log")
     pidfile.write_text(json.dumps(pids, indent=2))
@@ -112,12 +113,14 @@ def down(args: argparse.Namespace) -> int:
         print("no local cluster recorded; nothing to stop")
         return 0
     pids = json.loads(pidfile.read_text())
-    for pid in pids.values():
+    # Agents first (they stop their tasks on the way out: --drain-on-exit),
+    # then the controllers, so no controller declares a node down meanwhile.
+    for pid in reversed(list(pids.values())):
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 15
     while time.monotonic() < deadline and _alive(pids):
         time.sleep(0.2)
     for pid in pids.values():

@@ -15,4 +15,9 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 python -m pip install -q --upgrade pip >/dev/null
-python -m pip install -q -e ".${LEPTON_EXTRAS:-}"
+# pip's build warnings are noise for a newcomer; show them only when it fails.
+if ! python -m pip install -q -e ".${LEPTON_EXTRAS:-}" >.venv/install.log 2>&1; then
+  cat .venv/install.log >&2
+  echo "installing Lepton failed (log above, also in .venv/install.log)" >&2
+  exit 1
+fi
