@@ -43,6 +43,15 @@ MAX_REDIRECTS = 5
 # running). Elections take about a second, so poll a few times per second.
 ELECTION_RETRY_PAUSE = 0.2
 
+# gRPC backs off reconnecting to a replica that was down for up to 2 minutes
+# by default, failing calls fast meanwhile; a restarted controller should be
+# usable again within a couple of seconds.
+_CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
+
 # Tasks in these states still occupy a node; a drain is done when none is left.
 _ACTIVE_TASK_STATES = frozenset(
     {
@@ -136,9 +145,9 @@ class LeptonClient:
         entry = self._channels.get(address)
         if entry is None:
             if self._credentials is not None:
-                channel = grpc.secure_channel(address, self._credentials)
+                channel = grpc.secure_channel(address, self._credentials, options=_CHANNEL_OPTIONS)
             else:
-                channel = grpc.insecure_channel(address)
+                channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
             entry = (channel, control_pb2_grpc.ControlServiceStub(channel))
             self._channels[address] = entry
         return entry[1]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -588,3 +589,26 @@ def test_cli_not_found_and_env_controllers(cluster):
     r = ctl("jobs", "show", "ghost", env={"LEPTON_CONTROLLERS": cluster.replicas["c2"].address})
     assert r.returncode == 3
     assert r.stderr.strip() == "lepton-ctl: job 'ghost' not found"
+
+
+def test_cli_top_refreshes_until_interrupted(cluster):
+    proc = subprocess.Popen(
+        [*CTL, "--controllers", cluster.replicas["c1"].address, "top", "--interval", "0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        frames = 0
+        while frames < 2:
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            if line.startswith("\x1b[H\x1b[2J"):
+                frames += 1
+                assert "lepton top" in line
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
