@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb(jobs, "submit", commands.jobs_submit, "submit the job(s) of a YAML file ('-' = stdin)")
     p.add_argument("file")
     p = verb(jobs, "run", commands.jobs_run, "run a job from flags: jobs run NAME [flags] -- COMMAND ARGS...")
+    p.usage = "lepton-ctl jobs run NAME [flags] -- COMMAND [ARGS...]"
     p.add_argument("name")
     p.add_argument("--cpu", default="100m", help="cores per task: 2, 0.5, 500m (default 100m)")
     p.add_argument("--memory", default="128Mi", help="memory per task: 512Mi, 1G (default 128Mi)")
