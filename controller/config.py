@@ -48,7 +48,7 @@ class ControllerConfig:
     # Liveness: a node without a report for suspect_after is SUSPECT, for down_after DOWN.
     suspect_after: float = 2.0
     down_after: float = 4.0
-    failover_grace: float = -1.0  # < 0: equal to down_after
+    failover_grace: float = -1.0  # < 0: twice down_after
     report_interval: float = 1.0  # what Welcome tells agents
     # Raft timing.
     tick_interval: float = 0.05
@@ -73,7 +73,9 @@ class ControllerConfig:
 
     @property
     def grace_after_failover(self) -> float:
-        return self.down_after if self.failover_grace < 0 else self.failover_grace
+        # Agents need time to find a new leader (reconnect backoff, no leader known
+        # for a moment); declaring their nodes down meanwhile would restart every task.
+        return 2 * self.down_after if self.failover_grace < 0 else self.failover_grace
 
 
 # name -> (type parser, help). Types are parsed from strings for env/flags and
@@ -153,7 +155,7 @@ _SETTINGS: dict[str, tuple] = {
     "down_after": (_duration, "no report for this long -> node down, tasks rescheduled (default 4s)"),
     "failover_grace": (
         _duration,
-        "after a leader change, no node is declared down for this long (default: down-after)",
+        "after a leader change, no node is declared down for this long (default: 2 x down-after)",
     ),
     "report_interval": (_duration, "report interval asked of agents (default 1s)"),
     "tick_interval": (_duration, "Raft tick (default 50ms)"),

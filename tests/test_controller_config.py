@@ -18,7 +18,7 @@ def test_defaults_and_flags():
     assert cfg.peers == {"c1": "127.0.0.1:7101", "c2": "127.0.0.1:7102"}
     assert cfg.down_after == 6.0
     assert cfg.suspect_after == 2.0
-    assert cfg.grace_after_failover == 6.0
+    assert cfg.grace_after_failover == 12.0
     assert cfg.api_address == "127.0.0.1:7001"
 
 

@@ -114,3 +114,70 @@ async def test_node_killed_tasks_run_elsewhere_and_stale_copies_stop(world):
             raise
     finally:
         await client.close()
+
+
+@pytest.fixture
+def cluster3(tmp_path):
+    ctl = ControllerCluster(tmp_path, 3)
+    agent = AgentProc("n1", ctl.api_addresses, tmp_path / "agent-n1", tmp_path)
+    state = {"job_id": None}
+    ctl.start()
+    agent.start()
+    try:
+        yield ctl, agent, state
+    finally:
+        agent.kill()
+        ctl.close()
+        kill_task_processes(state["job_id"])
+
+
+async def test_leader_failover_keeps_tasks_running(cluster3):
+    """SIGKILL the leader: the agent follows the new leader, its node is not declared
+    down (failover grace), and the task keeps running under the same attempt."""
+    ctl, agent, state = cluster3
+    client = RedirectingClient(ctl.api_addresses)
+    try:
+        try:
+
+            async def node_ready():
+                r = await client.call("ListNodes", control_pb2.ListNodesRequest())
+                return len(r.nodes) == 1 and r.nodes[0].status == types_pb2.NODE_STATUS_READY
+
+            await until(node_ready, "the agent")
+            spec = types_pb2.JobSpec(
+                name="svc",
+                count=1,
+                template=types_pb2.TaskTemplate(
+                    command="sleep", args=["120"], resources=types_pb2.Resources(memory_bytes=64 * 2**20)
+                ),
+            )
+            d = await client.call("SubmitJob", control_pb2.SubmitJobRequest(spec=spec))
+            state["job_id"] = d.job.id
+
+            async def running():
+                ts = (await client.call("ListTasks", control_pb2.ListTasksRequest(job_id=d.job.id))).tasks
+                return ts[0] if ts and ts[0].state == TS.TASK_STATE_RUNNING else None
+
+            before = await until(running, "task running")
+            st = await client.call("GetClusterStatus", control_pb2.ClusterStatusRequest())
+            ctl.procs[st.leader_id].kill()
+            client.addresses = [p.api for p in ctl.procs.values() if p.running]
+
+            async def new_leader_sees_agent():
+                n = await client.call("GetNode", control_pb2.GetNodeRequest(id="n1"))
+                s = await client.call("GetClusterStatus", control_pb2.ClusterStatusRequest())
+                return s.leader_id != st.leader_id and n.node.connected
+
+            await until(new_leader_sees_agent, "agent connected to the new leader")
+            await asyncio.sleep(5)  # longer than down-after: a node that reconnected must stay ready
+            n = await client.call("GetNode", control_pb2.GetNodeRequest(id="n1"))
+            assert n.node.status == types_pb2.NODE_STATUS_READY
+            after = await running()
+            assert after is not None and after.attempt == before.attempt and after.node_id == before.node_id
+            assert len(task_pids(d.job.id)) == 1
+        except BaseException:
+            print(ctl.logs())
+            print(f"--- agent ---\n{agent.log_tail()}")
+            raise
+    finally:
+        await client.close()
