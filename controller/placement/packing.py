@@ -22,8 +22,9 @@ strategy places the whole level, the pass changes nothing and the level goes
 through the ordinary path (submission order, with preemption).
 
 Everything is counted, nothing timed, so the result is deterministic. The
-effort is bounded per level (strategies are O(n²) in the level's size); bigger
-levels get best fit in submission order only.
+effort is bounded per level (the fill strategy is O(tasks x distinct shapes)
+and consolidation O(tasks x nodes)); bigger levels get best fit in submission
+order only.
 """
 
 from __future__ import annotations
@@ -49,15 +50,18 @@ class _Trial:
         self.shapes = shapes
         self.level = level
         self.node_of: dict[int, int] = {}  # level position -> node index
+        self.score: dict[int, float] = {}  # level position -> the node's score when it was chosen
         self.steps: list[int] = []  # level positions in assignment order
 
-    def put(self, k: int, i: int) -> None:
+    def put(self, k: int, i: int, score: float) -> None:
         self.state.assign(i, self.shapes[k].req, self.level[k].job_id)
         self.node_of[k] = i
+        self.score[k] = score
         self.steps.append(k)
 
     def take(self, k: int) -> int:
         i = self.node_of.pop(k)
+        del self.score[k]
         self.state.unassign(i, self.shapes[k].req, self.level[k].job_id)
         self.steps.remove(k)
         return i
@@ -69,31 +73,53 @@ class _Trial:
 
 def pack_level(
     state: PlanState, scorer: Scorer, level: Sequence[TaskRequest]
-) -> list[tuple[int, int]] | None:
-    """The best strategy's (level position, node index) pairs in placement order, or None.
+) -> list[tuple[int, int, float]] | None:
+    """Place the whole level with the best strategy: (level position, node index, score) per task.
 
-    Leaves the state as it found it; the caller replays the answer.
+    Returns None, with the state as it found it, when no strategy places every task.
+    Otherwise the state holds the chosen arrangement.
     """
     shapes = [scorer.shape_for(t) for t in level]
     ref = _reference(state)
     sizes = [float(sum(s.req[d] / ref[d] for d in range(NDIM) if ref[d] > 0)) for s in shapes]
     empty_before = state.ntasks == 0
-    best: tuple[int, list[tuple[int, int]]] | None = None
+    bound = _opened_lower_bound(state, shapes, ref, empty_before)
     fifo = list(range(len(level)))
-    decreasing = sorted(fifo, key=lambda k: (-sizes[k], k))
-    for strategy in ("fifo", "decreasing", "fill"):
+    # With one shape every order is the same order: only consolidation can help.
+    strategies = ("fifo", "decreasing", "fill") if len({s.key for s in shapes}) > 1 else ("fifo",)
+    best: tuple[int, list[tuple[int, int, float]]] | None = None
+    for n, strategy in enumerate(strategies):
         trial = _Trial(state, shapes, level)
         if strategy == "fill":
             ok = _fill(trial, scorer, sizes, ref)
         else:
-            ok = _best_fit(trial, scorer, fifo if strategy == "fifo" else decreasing)
+            order = fifo if strategy == "fifo" else sorted(fifo, key=lambda k: (-sizes[k], k))
+            ok = _best_fit(trial, scorer, order)
         if ok:
             _consolidate(trial, scorer, empty_before, sizes)
             opened = int(np.count_nonzero(empty_before & (state.ntasks > 0)))
             if best is None or opened < best[0]:
-                best = (opened, [(k, trial.node_of[k]) for k in trial.steps])
+                best = (opened, [(k, trial.node_of[k], trial.score[k]) for k in trial.steps])
+                # Keep it in place when nothing later can do better (no undo, no replay).
+                if opened <= bound or n == len(strategies) - 1:
+                    return sorted(best[1])
         trial.undo()
-    return None if best is None else best[1]
+    if best is None:
+        return None
+    for k, i, _ in best[1]:  # replay the winner (an earlier strategy) in its own order
+        state.assign(i, shapes[k].req, level[k].job_id)
+    return sorted(best[1])
+
+
+def _opened_lower_bound(state: PlanState, shapes, ref, empty_before: np.ndarray) -> int:
+    """No arrangement opens fewer nodes: demand beyond the room left in non-empty nodes, in largest nodes."""
+    room = np.where(state.usable & ~empty_before, np.maximum(state.free, 0.0), 0.0).sum(axis=1)
+    bound = 0
+    for d in range(NDIM):
+        demand = sum(s.req[d] for s in shapes)
+        if demand > room[d] and ref[d] > 0:
+            bound = max(bound, int(np.ceil((demand - room[d]) / ref[d] - 1e-9)))
+    return bound
 
 
 def _reference(state: PlanState) -> list[float]:
@@ -105,38 +131,51 @@ def _reference(state: PlanState) -> list[float]:
 
 def _best_fit(trial: _Trial, scorer: Scorer, order: Sequence[int]) -> bool:
     for k in order:
-        i, _ = scorer.best(trial.shapes[k])
+        i, score = scorer.best(trial.shapes[k])
         if i < 0:
             return False
-        trial.put(k, i)
+        trial.put(k, i, score)
     return True
 
 
 def _fill(trial: _Trial, scorer: Scorer, sizes: Sequence[float], ref: Sequence[float]) -> bool:
     state = trial.state
-    left = list(range(len(trial.level)))
-    while left:
-        k0 = min(left, key=lambda k: (-sizes[k], k))
-        i, _ = scorer.best(trial.shapes[k0])
+    # Tasks of one shape are interchangeable here (same request, same filters), so each step
+    # scores shapes, not tasks: a level of a few jobs costs O(tasks x shapes), not O(tasks²).
+    groups: dict[tuple, list[int]] = {}
+    for k, shape in enumerate(trial.shapes):
+        groups.setdefault(shape.key, []).append(k)  # positions ascend: the earliest goes first
+    while groups:
+        key0 = min(groups, key=lambda g: (-sizes[groups[g][0]], groups[g][0]))
+        k0 = groups[key0][0]
+        i, score = scorer.best(trial.shapes[k0])
         if i < 0:
             return False
-        trial.put(k0, i)
-        left.remove(k0)
-        while left:
+        _pop(groups, key0)
+        trial.put(k0, i, score)
+        while groups:
             free = state.free[:, i].tolist()
-            best_k, best_v = -1, _NEG_INF
-            for k in left:
-                if scorer.row(trial.shapes[k], i) == _NEG_INF:
+            best_g, best_v, best_score = None, _NEG_INF, _NEG_INF
+            for g, ks in groups.items():
+                shape = trial.shapes[ks[0]]
+                score = scorer.row(shape, i)
+                if score == _NEG_INF:
                     continue
-                req = trial.shapes[k].req
-                v = sum(req[d] / ref[d] * free[d] / ref[d] for d in range(NDIM) if ref[d] > 0)
-                if v > best_v:
-                    best_k, best_v = k, v
-            if best_k < 0:
+                v = sum(shape.req[d] / ref[d] * free[d] / ref[d] for d in range(NDIM) if ref[d] > 0)
+                if v > best_v or (v == best_v and ks[0] < groups[best_g][0]):
+                    best_g, best_v, best_score = g, v, score
+            if best_g is None:
                 break
-            trial.put(best_k, i)
-            left.remove(best_k)
+            trial.put(_pop(groups, best_g), i, best_score)
     return True
+
+
+def _pop(groups: dict[tuple, list[int]], key: tuple) -> int:
+    ks = groups[key]
+    k = ks.pop(0)
+    if not ks:
+        del groups[key]
+    return k
 
 
 def _consolidate(trial: _Trial, scorer: Scorer, empty_before: np.ndarray, sizes: Sequence[float]) -> None:
@@ -149,6 +188,7 @@ def _consolidate(trial: _Trial, scorer: Scorer, empty_before: np.ndarray, sizes:
             movers = sorted((k for k, i in trial.node_of.items() if i == j), key=lambda k: (-sizes[k], k))
             if not movers:
                 continue
+            scores = {k: trial.score[k] for k in movers}
             for k in movers:
                 trial.take(k)
             moved: list[int] = []
@@ -159,7 +199,7 @@ def _consolidate(trial: _Trial, scorer: Scorer, empty_before: np.ndarray, sizes:
                 i = int(np.argmax(vec))
                 if vec[i] == _NEG_INF:
                     break
-                trial.put(k, i)
+                trial.put(k, i, float(vec[i]))
                 moved.append(k)
             if len(moved) == len(movers):
                 improved = True
@@ -167,6 +207,6 @@ def _consolidate(trial: _Trial, scorer: Scorer, empty_before: np.ndarray, sizes:
             for k in reversed(moved):
                 trial.take(k)
             for k in movers:
-                trial.put(k, j)
+                trial.put(k, j, scores[k])
         if not improved:
             return

@@ -61,15 +61,10 @@ def place(
     for level in _levels(ordered):
         if packing and scorer.spread is False and 2 <= len(level) <= PACK_EFFORT_TASKS:
             packed = pack_level(state, scorer, level)
-            if packed is not None:
-                # Replay in the strategy's order (scores as each task is placed), report in task order.
-                done: dict[int, Assignment] = {}
-                for k, i in packed:
-                    task = level[k]
-                    shape = scorer.shape_for(task)
-                    done[k] = Assignment(task.task_id, state.ids[i], scorer.row(shape, i))
-                    state.assign(i, shape.req, task.job_id)
-                assignments.extend(done[k] for k in sorted(done))
+            if packed is not None:  # already applied to the state; reported in task order
+                assignments.extend(
+                    Assignment(level[k].task_id, state.ids[i], score) for k, i, score in packed
+                )
                 continue
         for task in level:
             _place_one(state, scorer, task, preemption, assignments, preemptions, unplaced, failed)
