@@ -76,6 +76,7 @@ class Move:
     to_node: str
     reason: str
     kind: str  # MAKE_BEFORE_BREAK | STOP_THEN_START
+    score: float = 0.0  # the target's placement score for the task (config.policy)
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,7 @@ def plan_rebalance(
                     tgt_id,
                     reason,
                     STOP_THEN_START if job_type == "batch" else MAKE_BEFORE_BREAK,
+                    float(scores[tgt]),
                 )
             )
             # Later decisions in this round see the move: the target holds it, the source is relieved.
