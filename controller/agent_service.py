@@ -148,6 +148,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     async def _read(self, session, it, tracker: _TaskTracker) -> None:
         r = self.r
+        reports = 0
         try:
             async for msg in it:
                 if isinstance(msg, Malformed):

@@ -211,6 +211,7 @@ class ControllerServer:
 
         sessions = SessionRegistry()
         state = ClusterState()
+        sessions.desired_version = state.desired_version
         node = self._make_node(NotifyingStateMachine(state, sessions.notify_applied))
         replica = Replica(self.cfg, self.clock, state, node, sessions)
         self.replica = replica

@@ -42,12 +42,16 @@ class AgentSession:
         self.node_id = node_id
         self._registry = registry
         self.closed = asyncio.Event()
-        self.seen_generation = -1
+        # Set when this node's desired set may have changed (and at first, so the
+        # set goes out right after Welcome); the stream's writer clears it.
+        self.wake = asyncio.Event()
+        self.wake.set()
         self.sent_version = -1
         self.sent_tasks: bytes | None = None
 
     def close(self) -> None:
         self.closed.set()
+        self.wake.set()
 
     def due_desired(self, version: int, tasks: list) -> agent_pb2.DesiredTasks | None:
         """Returns the set to send if it differs from the last one sent (or none was sent)."""
@@ -62,32 +66,22 @@ class AgentSession:
         return msg
 
     async def wait_for_change(self) -> bool:
-        """Waits until state changed since this session last looked, or it closed.
-
-        Returns False once closed.
-        """
-        while not self.closed.is_set():
-            gen = self._registry.generation
-            if gen != self.seen_generation:
-                self.seen_generation = gen
-                return True
-            changed = asyncio.ensure_future(self._registry.changed.wait())
-            closed = asyncio.ensure_future(self.closed.wait())
-            try:
-                await asyncio.wait({changed, closed}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                changed.cancel()
-                closed.cancel()
-        return False
+        """Waits until this node's desired set may have changed; False once the stream is closed."""
+        await self.wake.wait()
+        self.wake.clear()
+        return not self.closed.is_set()
 
 
 class SessionRegistry:
     def __init__(self) -> None:
         self.sessions: dict[str, AgentSession] = {}
         self.live: dict[str, Live] = {}
-        self.generation = 0
-        self.changed = asyncio.Event()
+        self.generation = 0  # bumps once per batch of applied commands
+        self.changed = asyncio.Event()  # replaced (after being set) at each bump: a broadcast
         self.capacity_changed = asyncio.Event()  # wakes the placement round
+        # node id -> version of its desired set (ClusterState.desired_version), wired by server.py.
+        self.desired_version = None
+        self._flush_pending = False
 
     # --- streams -------------------------------------------------------
 
@@ -118,10 +112,30 @@ class SessionRegistry:
     # --- state changes -------------------------------------------------
 
     def notify_applied(self) -> None:
-        """Called after each applied command: every session re-checks its desired set."""
+        """Called after each applied command (on the event loop).
+
+        Raft applies commands in batches; the wake-ups are coalesced into one
+        flush per batch, and only streams whose node's desired version moved
+        are woken, so 5,000 connected agents cost one dict lookup each per
+        batch rather than 5,000 coroutine wake-ups per command.
+        """
+        if self._flush_pending:
+            return
+        self._flush_pending = True
+        try:
+            asyncio.get_running_loop().call_soon(self._flush)
+        except RuntimeError:  # no loop (a test applying directly): flush now
+            self._flush()
+
+    def _flush(self) -> None:
+        self._flush_pending = False
         self.generation += 1
         ev, self.changed = self.changed, asyncio.Event()
         ev.set()
+        version = self.desired_version
+        for s in self.sessions.values():
+            if version is None or s.sent_tasks is None or version(s.node_id) != s.sent_version:
+                s.wake.set()
 
     # --- reports -------------------------------------------------------
 
