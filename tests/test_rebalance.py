@@ -234,7 +234,7 @@ def test_shedding_stops_once_the_source_is_predicted_below_the_goal():
 
 def test_limit_notes_explain_skipped_nodes():
     p = plan(three_hot(), HOT3, max_moves_per_round=1)
-    assert "h2: skipped, 1 moves per round reached" in p.notes
+    assert "h2, h3: skipped, 1 moves per round reached" in p.notes
     assert p.notes[0] == "hot: h1 (sustained, 95%), h2 (sustained, 94%), h3 (sustained, 93%)"
 
 
@@ -256,6 +256,17 @@ def test_same_input_same_plan():
     nodes = three_hot()
     first = plan(nodes, HOT3, max_moves_per_round=3)
     assert plan(list(reversed(nodes)), dict(reversed(list(HOT3.items()))), max_moves_per_round=3) == first
+
+
+def test_notes_stay_short_when_many_nodes_are_hot():
+    nodes = [hot(f"h{k:02d}") for k in range(30)] + [cool("c", used=0)]
+    p = plan(nodes, {f"h{k:02d}": [0.95] * 5 for k in range(30)}, max_moves_per_round=1)
+    assert p.notes[0].endswith("h09 (sustained, 95%) and 20 more")
+    assert (
+        "h01, h02, h03, h04, h05, h06, h07, h08, h09, h10 and 19 more: skipped, 1 moves per round reached"
+        in p.notes
+    )
+    assert len(p.notes) == 2
 
 
 def test_down_nodes_are_neither_sources_nor_targets_nor_the_cold_anchor():

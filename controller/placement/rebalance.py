@@ -52,6 +52,7 @@ MAKE_BEFORE_BREAK = "make_before_break"  # services: start on the target, then s
 STOP_THEN_START = "stop_then_start"  # batch: stop, then start on the target
 
 _UTIL_DIMS = (0, 1, 2)  # cpu, memory, network: the dimensions utilisation samples cover
+_NOTE_NODES = 10  # node names listed in one note before "and N more"
 
 
 @dataclass(frozen=True)
@@ -137,20 +138,27 @@ def plan_rebalance(
         )
         return RebalancePlan((), tuple(notes))
     hot_set = {i for i, _ in hot}
-    notes.append("hot: " + ", ".join(f"{state.ids[i]} ({kind}, {_pct(latest[i])})" for i, kind in hot))
+    shown = ", ".join(f"{state.ids[i]} ({kind}, {_pct(latest[i])})" for i, kind in hot[:_NOTE_NODES])
+    more = f" and {len(hot) - _NOTE_NODES} more" if len(hot) > _NOTE_NODES else ""
+    notes.append(f"hot: {shown}{more}")
 
     busy = {nid: n for nid, n in inflight.items() if n > 0}
     cluster_inflight = sum(busy.values())
     target_limit = cfg.high_watermark - cfg.hysteresis
 
-    for src, kind in hot:
+    for n, (src, kind) in enumerate(hot):
         src_id = state.ids[src]
+        # Round-wide limits end the round: one note for every hot node left (thousands could be hot).
         if len(moves) >= cfg.max_moves_per_round:
-            notes.append(f"{src_id}: skipped, {cfg.max_moves_per_round} moves per round reached")
-            continue
+            notes.append(
+                f"{_left(state, hot[n:])}: skipped, {cfg.max_moves_per_round} moves per round reached"
+            )
+            break
         if cluster_inflight >= cfg.max_inflight_cluster:
-            notes.append(f"{src_id}: skipped, cluster in-flight limit {cfg.max_inflight_cluster} reached")
-            continue
+            notes.append(
+                f"{_left(state, hot[n:])}: skipped, cluster in-flight limit {cfg.max_inflight_cluster} reached"
+            )
+            break
         if busy.get(src_id, 0) >= cfg.max_inflight_per_node:
             notes.append(
                 f"{src_id}: skipped, {busy[src_id]} migration(s) in flight (limit {cfg.max_inflight_per_node})"
@@ -235,6 +243,11 @@ def plan_rebalance(
                 f"{src_id}: predicted {_pct(predicted)} after {moved_here} move(s), still above {_pct(goal)}"
             )
     return RebalancePlan(tuple(moves), tuple(notes))
+
+
+def _left(state: PlanState, hot: Sequence[tuple[int, str]]) -> str:
+    names = ", ".join(state.ids[i] for i, _ in hot[:_NOTE_NODES])
+    return names + (f" and {len(hot) - _NOTE_NODES} more" if len(hot) > _NOTE_NODES else "")
 
 
 def _latest(samples: Sequence[float] | None) -> float:
