@@ -102,8 +102,18 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     def _job(self, id_or_name: str) -> types_pb2.Job:
         return self.r.state.job(id_or_name)  # raises NotFound
 
+    def _explain(self, tasks: list[types_pb2.Task]) -> list[types_pb2.Task]:
+        """Pending tasks get the leader's latest "cannot place" reason (soft state)."""
+        unplaced = self.r.sessions.unplaced
+        if unplaced:
+            for t in tasks:
+                why = unplaced.get(t.id)
+                if why and t.state == types_pb2.TASK_STATE_PENDING:
+                    t.reason = why
+        return tasks
+
     def _job_detail(self, job: types_pb2.Job) -> control_pb2.JobDetail:
-        return control_pb2.JobDetail(job=job, tasks=self.r.state.tasks(job_id=job.id))
+        return control_pb2.JobDetail(job=job, tasks=self._explain(self.r.state.tasks(job_id=job.id)))
 
     # ---- cluster ----------------------------------------------------------
 
@@ -278,7 +288,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         job_id = ""
         if request.job_id:
             job_id = self._job(request.job_id).id
-        tasks = self.r.state.tasks(job_id=job_id, node_id=request.node_id, state=request.state)
+        tasks = self._explain(self.r.state.tasks(job_id=job_id, node_id=request.node_id, state=request.state))
         return control_pb2.ListTasksResponse(tasks=tasks)
 
     # ---- rebalancing ------------------------------------------------------

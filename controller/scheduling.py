@@ -162,11 +162,13 @@ async def placement_round(replica, term: int, policy: Policy = Policy.BINPACK) -
     state = replica.state
     pending = list(state.pending_tasks())
     if not pending:
+        replica.sessions.unplaced = {}
         return 0
     jobs = jobs_by_id(state)
     all_tasks = list(state.tasks())
     view = build_view(state.nodes(), all_tasks, jobs, live_usage_of(replica))
     plan = place(view, task_requests(pending, jobs), policy)
+    replica.sessions.unplaced = {u.task_id: u.reason for u in plan.unplaced}
     if not plan.assignments and not plan.preemptions:
         return 0
     body = plan_body(plan, {t.id: t for t in pending}, {t.id: t for t in all_tasks})

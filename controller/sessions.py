@@ -82,6 +82,9 @@ class SessionRegistry:
         # node id -> version of its desired set (ClusterState.desired_version), wired by server.py.
         self.desired_version = None
         self._flush_pending = False
+        # task id -> why the last placement round could not place it (soft state:
+        # explanations for `jobs show`, recomputed every round, never replicated).
+        self.unplaced: dict[str, str] = {}
 
     # --- streams -------------------------------------------------------
 
@@ -105,6 +108,7 @@ class SessionRegistry:
             s.close()
         self.sessions.clear()
         self.live.clear()
+        self.unplaced.clear()
 
     def connected(self, node_id: str) -> bool:
         return node_id in self.sessions

@@ -234,3 +234,28 @@ async def test_rebalance_plan_and_apply_move_a_task_off_a_hot_node(tmp_path):
         finally:
             for a in agents.values():
                 await a.close()
+
+
+async def test_pending_tasks_explain_why_they_are_not_placed(tmp_path):
+    async with inproc_controller(tmp_path) as h:
+        await wait_leader_announced(h)
+        a = FakeAgent(h.agent, "n1", net=1000)
+        try:
+            a.start_reporting()
+            await a.next("desired")
+            s = spec(count=1)
+            s.template.resources.network_mbps = 5000  # more than the node's 1 Gbit/s
+            d = await h.control.SubmitJob(control_pb2.SubmitJobRequest(spec=s), timeout=5)
+
+            async def reason():
+                got = await h.control.GetJob(control_pb2.GetJobRequest(id=d.job.id), timeout=5)
+                return got.tasks[0].reason
+
+            for _ in range(200):
+                if "network" in await reason():
+                    break
+                await asyncio.sleep(0.02)
+            assert "insufficient network" in await reason()
+            assert h.state.tasks(job_id=d.job.id)[0].state == TS.TASK_STATE_PENDING
+        finally:
+            await a.close()
