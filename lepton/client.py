@@ -178,6 +178,9 @@ class LeptonClient:
         attempts = _Attempts(self.timeout)
         while True:
             worth_another_round = False
+            # The hop limit is per round: across rounds, followers naming a
+            # leader that just died is normal during a failover, not a loop.
+            attempts.redirects = 0
             queue = self._candidates()
             asked: set[str] = set()
             while queue:
@@ -194,6 +197,10 @@ class LeptonClient:
                     err = errors.from_rpc_error(rpc_err)
                     if isinstance(err, errors.NotLeader):
                         attempts.note(address, err)
+                        # A replica answered, so the cluster is alive: even if
+                        # the leader it names is unreachable (it may have just
+                        # died), a new one will be elected; keep trying.
+                        worth_another_round = True
                         target = err.leader_api_address
                         if target and target != address:
                             attempts.redirects += 1
@@ -205,8 +212,6 @@ class LeptonClient:
                             # The leader may be a replica we were not told about.
                             asked.discard(target)
                             queue.insert(0, target)
-                        else:
-                            worth_another_round = True
                         continue
                     if isinstance(err, errors.Unavailable):
                         attempts.note(address, err)
@@ -224,13 +229,15 @@ class LeptonClient:
                 self._preferred = address
                 return reply
             # Every address failed this round. Keep trying only while some
-            # replica is alive but leaderless (an election will end soon) or
-            # timed out a proposal; when nothing answers at all, fail fast.
+            # replica answered but could not serve (no leader, or a leader we
+            # cannot reach: an election will end soon) or timed out a
+            # proposal; when nothing answers at all, fail fast.
             if not worth_another_round:
                 raise attempts.unavailable()
             if attempts.remaining() <= ELECTION_RETRY_PAUSE:
                 raise errors.Unavailable(
-                    f"no leader elected within {attempts.timeout:g}s (tried {', '.join(attempts.tried)})"
+                    f"no reachable leader within {attempts.timeout:g}s "
+                    f"(tried {', '.join(attempts.tried)}): {attempts.last_error}"
                 )
             time.sleep(ELECTION_RETRY_PAUSE)
 

@@ -363,19 +363,44 @@ def test_unknown_ids_exit_3(env):
 
 def test_leader_killed_cli_finds_the_new_one(env):
     old = env.json("cluster", "status")["leader"]
-    env.controllers.procs[old].kill()
+    since = env.json("events")[-1]["seq"]
+    env_vars = dict(os.environ)
+    env_vars.pop("LEPTON_CONTROLLERS", None)
+    # A follower of the event log opened before the kill must carry on after it.
+    follower = subprocess.Popen(
+        [*CTL, "--controllers", env.addresses, "-o", "json", "events", "--follow", "--since", str(since), "--type", "job."],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_vars,
+    )  # fmt: skip
+    try:
+        env.controllers.procs[old].kill()
 
-    def new_leader():
-        r = env.ctl("-o", "json", "cluster", "status")
-        if r.returncode != 0:
-            # While the election runs the CLI may say so (exit 4); that is fine.
-            assert r.returncode == 4, r.stderr
-            return None
-        d = json.loads(r.stdout)
-        return d if d["leader"] and d["leader"] != old else None
+        def new_leader():
+            r = env.ctl("-o", "json", "cluster", "status")
+            if r.returncode != 0:
+                # While the election runs the CLI may say so (exit 4); that is fine.
+                assert r.returncode == 4, r.stderr
+                return None
+            d = json.loads(r.stdout)
+            return d if d["leader"] and d["leader"] != old else None
 
-    d = env.wait_for("a new leader", new_leader)
-    assert d["term"] >= 2
-    # Reads and writes keep working through the surviving replicas.
-    assert env.json("jobs", "show", "transportation")["state"] == "running"
-    assert "cordoned" in env.json("nodes", "cordon", "small")["state"]
+        d = env.wait_for("a new leader", new_leader)
+        assert d["term"] >= 2
+        # Reads and writes keep working through the surviving replicas.
+        assert env.json("jobs", "show", "transportation")["state"] == "running"
+        assert "cordoned" in env.json("nodes", "cordon", "small")["state"]
+        after = env.json("jobs", "run", "after-failover", "--network", "0", "--", *SLEEP)["id"]
+        seqs = []
+        while True:
+            line = follower.stdout.readline()
+            assert line, (
+                f"event stream ended: {follower.stderr.read() if follower.poll() is not None else ''}"
+            )
+            e = json.loads(line)
+            seqs.append(e["seq"])
+            if e["job_id"] == after and e["type"] == "job.submitted":
+                break
+        # No event twice and none out of order across the reconnect.
+        assert seqs == sorted(set(seqs)) and seqs[0] > since
+    finally:
+        follower.kill()
+        follower.wait(10)
