@@ -161,6 +161,24 @@ def test_kill_and_restart(netns_cluster, tmp_path):
     assert len(b.commands) == 1
 
 
+def test_process_crash_keeps_detached_children(netns_cluster, tmp_path):
+    net = netns_cluster(["a"])
+    a = net["a"]
+    # Like an agent whose tasks run in their own sessions: the parent dies, the child must not.
+    pidfile = tmp_path / "child.pid"
+    a.run(["sh", "-c", f"setsid sleep 600 & echo $! > {pidfile}; wait"])
+    end = time.monotonic() + 10
+    while time.monotonic() < end and not (pidfile.exists() and pidfile.read_text().strip()):
+        time.sleep(0.05)
+    child = int(pidfile.read_text())
+    net.kill("a", whole_host=False)
+    assert child in a.pids()
+    net.restart("a", whole_host=False)
+    assert child in a.pids() and len(a.procs) == 1
+    net.kill("a")  # the machine dies: everything goes
+    assert a.pids() == []
+
+
 def test_teardown_removes_everything_even_when_the_body_fails(tmp_path):
     if reason := netns_supported():
         pytest.skip(reason)

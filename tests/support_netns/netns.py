@@ -301,39 +301,58 @@ class NetnsCluster:
     def _host(self, host: Host | str) -> Host:
         return self.hosts[host] if isinstance(host, str) else host
 
-    def kill(self, host: Host | str, sig: int = signal.SIGKILL) -> None:
-        """Send `sig` (default SIGKILL) to every process in the host's namespace, then reap ours."""
+    def kill(self, host: Host | str, sig: int = signal.SIGKILL, whole_host: bool = True) -> None:
+        """Send `sig` (default SIGKILL) to the host's processes, then reap ours.
+
+        `whole_host` (default): every process in the namespace, as when the
+        machine dies. Otherwise only the process groups that `run()` started,
+        so children that made their own group (an agent's tasks) live on: a
+        crash of the agent process, not of the machine.
+        """
         h = self._host(host)
         for proc in h.procs:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, sig)
         # Children that left our process groups are still in the namespace.
-        for pid in h.pids():
+        for pid in h.pids() if whole_host else []:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
         if sig == signal.SIGKILL:
+            # SIGKILL is delivered asynchronously: wait (bounded) until the namespace is empty,
+            # so callers see a dead host, and teardown never deletes a namespace still in use.
+            deadline = time.monotonic() + 10
+            while whole_host and (left := h.pids()) and time.monotonic() < deadline:
+                for pid in left:  # again: something may have forked meanwhile
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, sig)
+                time.sleep(0.02)
             for proc in h.procs:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=10)
             h.procs = [p for p in h.procs if p.poll() is None]
 
-    def stop(self, host: Host | str, grace: float = 5.0) -> None:
+    def stop(self, host: Host | str, grace: float = 5.0, whole_host: bool = True) -> None:
         """SIGTERM the host's processes, wait up to `grace` seconds, then SIGKILL what is left."""
         h = self._host(host)
-        self.kill(h, signal.SIGTERM)
+        self.kill(h, signal.SIGTERM, whole_host=whole_host)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(p.poll() is None for p in h.procs):
             time.sleep(0.05)
-        self.kill(h, signal.SIGKILL)
+        self.kill(h, signal.SIGKILL, whole_host=whole_host)
 
-    def restart(self, host: Host | str, graceful: bool = False) -> list[subprocess.Popen]:
-        """Kill (or stop, with `graceful`) the host's processes and start its recorded commands again."""
+    def restart(
+        self, host: Host | str, graceful: bool = False, whole_host: bool = True
+    ) -> list[subprocess.Popen]:
+        """Kill (or stop, with `graceful`) the host's processes and start its recorded commands again.
+
+        `whole_host=False` restarts only what `run()` started (see `kill`).
+        """
         h = self._host(host)
         if graceful:
-            self.stop(h)
+            self.stop(h, whole_host=whole_host)
         else:
-            self.kill(h)
+            self.kill(h, whole_host=whole_host)
         return [h._start(cmd) for cmd in h.commands]
 
     # ----------------------------------------------------------------- faults
