@@ -106,14 +106,18 @@ def build_view(
     return ClusterView(nodes=tuple(infos))
 
 
-def task_requests(pending: Iterable[types_pb2.Task], jobs: Mapping[str, types_pb2.Job]) -> list[TaskRequest]:
+def task_requests(
+    pending: Iterable[types_pb2.Task], jobs: Mapping[str, types_pb2.Job], moved_off: Iterable[str] = ()
+) -> list[TaskRequest]:
+    """Placement requests; tasks in `moved_off` (stop-then-start migrations) avoid the node they left."""
+    moved_off = set(moved_off)
     out = []
     for t in pending:
         job = jobs.get(t.job_id)
         if job is None:
             continue
         tmpl = job.spec.template
-        avoid = (t.previous_node_id,) if t.previous_node_id and tmpl.distinct_nodes else ()
+        avoid = (t.previous_node_id,) if t.previous_node_id and t.id in moved_off else ()
         out.append(
             TaskRequest(
                 task_id=t.id,
@@ -167,7 +171,9 @@ async def placement_round(replica, term: int, policy: Policy = Policy.BINPACK) -
     jobs = jobs_by_id(state)
     all_tasks = list(state.tasks())
     view = build_view(state.nodes(), all_tasks, jobs, live_usage_of(replica))
-    plan = place(view, task_requests(pending, jobs), policy)
+    # A task moved stop-then-start by the rebalancer must not land back on the hot node it left.
+    moved_off = [t.id for t in pending if state.preferred_node(t.id)]
+    plan = place(view, task_requests(pending, jobs, moved_off), policy)
     replica.sessions.unplaced = {u.task_id: u.reason for u in plan.unplaced}
     if not plan.assignments and not plan.preemptions:
         return 0
