@@ -259,3 +259,26 @@ async def test_pending_tasks_explain_why_they_are_not_placed(tmp_path):
             assert h.state.tasks(job_id=d.job.id)[0].state == TS.TASK_STATE_PENDING
         finally:
             await a.close()
+
+
+async def test_automatic_rebalance_moves_a_task_off_a_hot_node(tmp_path):
+    async with inproc_controller(tmp_path, rebalance_auto=True, rebalance_interval=0.2) as h:
+        await wait_leader_announced(h)
+        agents = {n: FakeAgent(h.agent, n) for n in ("n1", "n2")}
+        try:
+            for a in agents.values():
+                a.start_reporting(0.05)
+                await a.next("desired")
+            s = spec(count=1, cpu=1000)
+            s.template.migratable = True
+            d = await h.control.SubmitJob(control_pb2.SubmitJobRequest(spec=s), timeout=5)
+            await eventually(lambda: h.state.tasks(job_id=d.job.id)[0].state == TS.TASK_STATE_ASSIGNED)
+            t = h.state.tasks(job_id=d.job.id)[0]
+            agents[t.node_id].event(t.id, t.attempt, agent_pb2.TASK_EVENT_STARTED)
+            await eventually(lambda: h.state.tasks(job_id=d.job.id)[0].state == TS.TASK_STATE_RUNNING)
+            cool = "n2" if t.node_id == "n1" else "n1"
+            agents[t.node_id].cpu_millis = 7900
+            await eventually(lambda: h.state.task(t.id).migrating_to == cool, what="automatic migration")
+        finally:
+            for a in agents.values():
+                await a.close()
