@@ -19,6 +19,7 @@ Several clusters can coexist under different `--name`s.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -111,6 +112,8 @@ def cmd_down(args) -> int:
         path.unlink()
     else:
         shutil.rmtree(state_dir(args.name), ignore_errors=True)
+    with contextlib.suppress(OSError):
+        STATE_ROOT.rmdir()  # only when no other cluster is left
     print(f"cluster {args.name!r} removed")
     return 1 if errors else 0
 
