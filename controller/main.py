@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     except LeptonError as e:
         print(f"lepton-controller: error: {e}", file=sys.stderr)
         return 1
-    except OSError as e:
+    except (OSError, RuntimeError) as e:
         print(f"lepton-controller: error: {e}", file=sys.stderr)
         return 1
     return 0

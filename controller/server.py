@@ -242,7 +242,10 @@ class ControllerServer:
 
         self.leader_loops = LeaderLoops(replica)
         node.add_leadership_listener(self.leader_loops.on_leadership)
-        await node.start()
+        try:
+            await node.start()
+        except RuntimeError as e:  # grpc's "failed to bind" and the like
+            raise Unavailable(f"cannot start Raft on {self.cfg.raft_listen}: {e}") from None
         self._bg.append(asyncio.create_task(self._register_member_loop(), name="register-member"))
         log.info("controller %s serving API on %s (raft %s)", self.cfg.id, self.address, self.cfg.raft_listen)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
@@ -99,3 +100,18 @@ def test_help_documents_timeouts():
         "--config",
     ):
         assert flag in p.stdout
+
+
+@pytest.mark.parametrize("which", ["--listen", "--raft-listen"])
+def test_port_in_use_is_a_clear_error(tmp_path, which):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = f"127.0.0.1:{s.getsockname()[1]}"
+        addrs = {"--listen": "127.0.0.1:0", "--raft-listen": "127.0.0.1:0", which: busy}
+        argv = ["--id", "c1", "--data-dir", str(tmp_path)] + [x for kv in addrs.items() for x in kv]
+        p = subprocess.run(
+            [sys.executable, "-m", "controller.main", *argv], capture_output=True, text=True, timeout=60
+        )
+    assert p.returncode == 1
+    assert "Traceback" not in p.stderr and "lepton-controller: error: cannot" in p.stderr
