@@ -373,6 +373,8 @@ class RaftNode:
             while self._running:
                 await self._wake.wait()
                 self._wake.clear()
+                if not self._running:
+                    break  # stop(): take nothing more into the core
                 self._drain_inbox()
                 while core.has_ready() and self._running:
                     rd = core.ready()
@@ -609,8 +611,10 @@ class RaftNode:
         prev = self._prev_snapshot
         self._prev_snapshot = snap
         self._snap_index = snap.meta.index
-        if prev is not None and prev.meta.index > self._core.log.snap_index:
-            self._core.compact(prev.meta.index, prev.data)
+        if prev is not None:
+            if prev.meta.index > self._core.log.snap_index:
+                self._core.compact(prev.meta.index, prev.data)
+            # Also after a snapshot received from the leader (the core is already there).
             await asyncio.to_thread(self._wal.compact, prev.meta.index)
         log.info("raft %s: snapshot at index %d (%d bytes)", self.cfg.id, snap.meta.index, len(data))
 
