@@ -23,7 +23,9 @@ from lepton.v1 import commands_pb2
 
 log = logging.getLogger("lepton.controller.leader")
 
-LIVENESS_PERIOD = 0.2  # how often ages are checked; far below suspect_after
+# How often ages are checked: a quarter of suspect_after, at most 0.5 s (each
+# check copies every node record, which adds up on large clusters).
+LIVENESS_MAX_PERIOD = 0.5
 ERROR_PAUSE = 0.5
 
 
@@ -101,8 +103,9 @@ class LeaderLoops:
 
     async def _liveness_loop(self) -> None:
         cfg = self.r.cfg
+        period = min(LIVENESS_MAX_PERIOD, cfg.suspect_after / 4)
         while True:
-            await asyncio.sleep(LIVENESS_PERIOD)
+            await asyncio.sleep(period)
             now = self.r.clock.monotonic()
             live = self.r.sessions.live
             last_seen = {nid: lv.last_report_mono for nid, lv in live.items() if lv.last_report_mono}
