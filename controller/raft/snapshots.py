@@ -94,7 +94,10 @@ class SnapshotStore:
 
     def save(self, snap: Snapshot) -> Path:
         """Writes `snap` atomically and prunes all but the newest `keep` files. Blocking."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.dir.exists():
+            self.dir.mkdir(parents=True)
+            if self.fsync_enabled:
+                _fsync_dir(self.dir.parent)
         final = self.dir / f"{snap.meta.term}-{snap.meta.index}.snap"
         tmp = self.dir / (final.name + ".tmp")
         data = encode_snapshot(snap)

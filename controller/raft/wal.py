@@ -187,7 +187,12 @@ class WAL:
         """Scans and repairs the log, replays it on top of a snapshot at `snapshot_index`.
 
         Creates the directory and the first segment when there is none."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.dir.exists():
+            self.dir.mkdir(parents=True)
+            if self.fsync_enabled:
+                # Make the new directory itself durable, not only its contents.
+                _fsync_dir(self.dir.parent)
+                _fsync_dir(self.dir.parent.parent)
         segs = self._list_segments()
         state = WalState(snapshot_index=snapshot_index, snapshot_term=snapshot_term)
         base = snapshot_index
