@@ -109,6 +109,13 @@ def test_constraint_ops(constraint, matching):
     assert len(plan.unplaced) == 3 - len(matching)
 
 
+def test_constraint_values_given_as_a_list_still_work():
+    c = Constraint("zone", "in", ["a", "b"])
+    assert c.values == ("a", "b")
+    nodes = [node(nid, labels=lb) for nid, lb in LABELS.items()]
+    assert place(view(*nodes), [req("t", constraints=(c,))]).assignments[0].node_id == "a"
+
+
 def test_constraint_reason_names_the_selector():
     nodes = [node(nid, labels=lb) for nid, lb in LABELS.items()]
     plan = place(view(*nodes), [req("t", constraints=(Constraint("zone", "in", ("x", "y")),))])

@@ -62,6 +62,11 @@ class Constraint:
     op: str
     values: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        # Constraints key per-plan caches, so they must hash: accept any sequence, keep a tuple.
+        if not isinstance(self.values, tuple):
+            object.__setattr__(self, "values", tuple(self.values))
+
 
 @dataclass(frozen=True, slots=True)
 class PlacedTask:
