@@ -272,3 +272,60 @@ async def test_unparsable_request_bytes_are_invalid_argument(tmp_path):
         )
         await expect_code(nope(b"", timeout=5), grpc.StatusCode.UNIMPLEMENTED)
         await h.control.GetClusterStatus(control_pb2.ClusterStatusRequest(), timeout=5)
+
+
+async def test_random_request_bytes_never_crash_or_give_internal_errors(tmp_path):
+    """Seeded fuzz: random bytes (often valid protobuf with nonsense fields) at every RPC."""
+    import random
+
+    from lepton.v1 import control_pb2 as c
+
+    rng = random.Random(1234)
+    service = c.DESCRIPTOR.services_by_name["ControlService"]
+    acceptable = {
+        grpc.StatusCode.OK,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.DEADLINE_EXCEEDED,  # a follow-mode watch that never ends
+    }
+    async with inproc_controller(tmp_path) as h:
+        await wait_leader_announced(h)
+        for m in service.methods:
+            path = f"/{service.full_name}/{m.name}"
+            if m.server_streaming:
+                call = h.channel.unary_stream(path, request_serializer=None, response_deserializer=None)
+            else:
+                call = h.channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+            for _ in range(40):
+                data = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 64)))
+                try:
+                    if m.server_streaming:
+                        async for _ in call(data, timeout=0.5):
+                            pass
+                    else:
+                        await call(data, timeout=5)
+                    code = grpc.StatusCode.OK
+                except grpc.aio.AioRpcError as e:
+                    code = e.code()
+                    details = e.details()
+                assert code in acceptable, (m.name, data, code, details)
+        await h.control.GetClusterStatus(control_pb2.ClusterStatusRequest(), timeout=5)
+
+
+async def test_agent_stream_with_garbage_first_message_is_invalid_argument(tmp_path):
+    async with inproc_controller(tmp_path) as h:
+        await wait_leader_announced(h)
+        connect = h.channel.stream_stream(
+            "/lepton.v1.AgentService/Connect", request_serializer=None, response_deserializer=None
+        )
+
+        async def garbage():
+            yield b"\xff\xff\xff\xff\x0f"
+
+        with pytest.raises(grpc.aio.AioRpcError) as ei:
+            async for _ in connect(garbage(), timeout=5):
+                pass
+        assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "malformed" in ei.value.details()
