@@ -20,7 +20,7 @@ import grpc
 from controller import rebalancing
 from controller.server import Malformed
 from controller.state import validate
-from lepton.errors import AlreadyExists, InvalidArgument, LeptonError, NotFound, abort
+from lepton.errors import AlreadyExists, FailedPrecondition, InvalidArgument, LeptonError, NotFound, abort
 from lepton.v1 import commands_pb2, control_pb2, control_pb2_grpc, types_pb2
 
 log = logging.getLogger("lepton.controller.api")
@@ -183,10 +183,13 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         node = self._node(request.id)
         return control_pb2.NodeDetail(node=node, tasks=self.r.state.tasks(node_id=request.id))
 
-    async def _node_write(self, node_id: str, body) -> types_pb2.Node:
+    async def _node_write(self, node_id: str, body, needed=lambda node: True) -> types_pb2.Node:
+        """Proposes `body` for an existing node unless `needed(node)` says it would change nothing."""
         _check_id(node_id, "node id")
         self.r.require_leader()
-        self._node(node_id)  # NOT_FOUND before anything is proposed
+        node = self._node(node_id)  # NOT_FOUND before anything is proposed
+        if not needed(node):
+            return node  # idempotent: already so, nothing to commit
         await self.r.propose(body)
         self.r.sessions.capacity_changed.set()
         return self._node(node_id)
@@ -194,12 +197,16 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     @rpc
     async def CordonNode(self, request, context):
         return await self._node_write(
-            request.id, commands_pb2.CordonNode(node_id=request.id, reason="cordoned by operator")
+            request.id,
+            commands_pb2.CordonNode(node_id=request.id, reason="cordoned by operator"),
+            lambda n: not n.cordoned,
         )
 
     @rpc
     async def UncordonNode(self, request, context):
-        return await self._node_write(request.id, commands_pb2.UncordonNode(node_id=request.id))
+        return await self._node_write(
+            request.id, commands_pb2.UncordonNode(node_id=request.id), lambda n: n.cordoned or n.draining
+        )
 
     @rpc
     async def DrainNode(self, request, context):
@@ -216,7 +223,13 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         )
         _check_id(request.id, "node id")
         validate.validate_drain(body)
-        return await self._node_write(request.id, body)
+
+        def needed(node: types_pb2.Node) -> bool:
+            if request.cancel and not node.draining:
+                raise FailedPrecondition(f"node {node.id} is not draining")
+            return True
+
+        return await self._node_write(request.id, body, needed)
 
     # ---- jobs and tasks ---------------------------------------------------
 
@@ -274,6 +287,12 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         _check_id(request.id, "job id or name")
         self.r.require_leader()
         job = self._job(request.id)
+        if job.state == types_pb2.JOB_STATE_CANCELLED:
+            return self._job_detail(job)  # cancelling twice is a no-op
+        if job.state not in _ACTIVE_JOB:
+            raise FailedPrecondition(
+                f"job {job.spec.name} already finished ({types_pb2.JobState.Name(job.state)})"
+            )
         await self.r.propose(commands_pb2.CancelJob(job_id=job.id, reason="cancelled by operator"))
         return self._job_detail(self._job(job.id))
 

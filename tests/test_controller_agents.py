@@ -282,3 +282,36 @@ async def test_automatic_rebalance_moves_a_task_off_a_hot_node(tmp_path):
         finally:
             for a in agents.values():
                 await a.close()
+
+
+async def test_node_writes_and_cancel_are_idempotent_without_new_entries(tmp_path):
+    async with inproc_controller(tmp_path) as h:
+        await wait_leader_announced(h)
+        a = FakeAgent(h.agent, "n1")
+        try:
+            a.start_reporting()  # a silent node would turn suspect: a proposal of its own
+            await a.next("desired")
+            n = await h.control.CordonNode(control_pb2.NodeRequest(id="n1"), timeout=5)
+            assert n.cordoned and n.state == "ready,cordoned"
+            before = len(h.raft.proposals)
+            again = await h.control.CordonNode(control_pb2.NodeRequest(id="n1"), timeout=5)
+            assert again.cordoned and len(h.raft.proposals) == before
+            with pytest.raises(grpc.aio.AioRpcError) as ei:
+                await h.control.DrainNode(control_pb2.DrainNodeRequest(id="n1", cancel=True), timeout=5)
+            assert (
+                ei.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+                and "not draining" in ei.value.details()
+            )
+            n = await h.control.UncordonNode(control_pb2.NodeRequest(id="n1"), timeout=5)
+            assert not n.cordoned
+            before = len(h.raft.proposals)
+            await h.control.UncordonNode(control_pb2.NodeRequest(id="n1"), timeout=5)
+            d = await h.control.SubmitJob(control_pb2.SubmitJobRequest(spec=spec()), timeout=5)
+            await h.control.CancelJob(control_pb2.CancelJobRequest(id=d.job.id), timeout=5)
+            after_cancel = len(h.raft.proposals)
+            c = await h.control.CancelJob(control_pb2.CancelJobRequest(id=d.job.id), timeout=5)
+            assert c.job.state == types_pb2.JOB_STATE_CANCELLED
+            assert len(h.raft.proposals) == after_cancel
+            assert after_cancel >= before + 2
+        finally:
+            await a.close()
