@@ -128,3 +128,53 @@ async def test_full_queue_drops_instead_of_blocking():
         assert a._peers["b"].dropped > 0
     finally:
         await a.stop()
+
+
+@pytest.fixture
+def self_signed(tmp_path):
+    """(key, certificate) PEM bytes of a self-signed certificate for 127.0.0.1."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    key, crt = tmp_path / "k.pem", tmp_path / "c.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(crt)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return key.read_bytes(), crt.read_bytes()
+
+
+async def test_tls_credentials(self_signed):
+    """Both sides with TLS credentials exchange messages; a plaintext peer gets nothing through."""
+    import grpc
+
+    key, crt = self_signed
+    server_creds = grpc.ssl_server_credentials([(key, crt)])
+    channel_creds = grpc.ssl_channel_credentials(root_certificates=crt)
+    ia, ib = Inbox(), Inbox()
+    kw = {"cluster_id": "t", "server_credentials": server_creds, "channel_credentials": channel_creds}
+    a = RaftTransport("a", "127.0.0.1:0", ia, **kw)
+    b = RaftTransport("b", "127.0.0.1:0", ib, **kw)
+    await a.start()
+    await b.start()
+    try:
+        await a.set_peers({"b": f"127.0.0.1:{b.port}"})
+        a.send([Message(MsgType.HEARTBEAT, "a", "b", term=2, commit=1)])
+        got = await ib.wait_for(lambda m: m.type == MsgType.HEARTBEAT)
+        assert got.term == 2
+        # A plaintext client is not let in.
+        plain = RaftTransport("a", "127.0.0.1:0", Inbox(), cluster_id="t")
+        await plain.start()
+        try:
+            await plain.set_peers({"b": f"127.0.0.1:{b.port}"})
+            plain.send([Message(MsgType.HEARTBEAT, "a", "b", term=99)])
+            await asyncio.sleep(0.3)
+            assert all(m.term != 99 for m in ib.messages)
+        finally:
+            await plain.stop()
+    finally:
+        await a.stop()
+        await b.stop()
