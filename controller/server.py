@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -117,6 +118,16 @@ class Replica:
             await self.node.read_index(timeout=self.cfg.proposal_timeout)
         except NotLeader:
             raise self.not_leader() from None
+
+
+def routable_host() -> str:
+    """This machine's address on its default route (no packet is sent), else loopback."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))
+            return s.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
 
 
 class Malformed:
@@ -236,7 +247,10 @@ class ControllerServer:
             raise Unavailable(f"cannot listen on {self.cfg.listen}")
         # With port 0 the real port is only known now; others must learn that one.
         if not self.cfg.advertise:
-            self.cfg.advertise = self.address
+            host = self.cfg.listen.rpartition(":")[0]
+            if host in ("0.0.0.0", "[::]", "::", ""):
+                host = routable_host()  # a wildcard is no address to redirect a client to
+            self.cfg.advertise = f"{host}:{self.port}"
         await server.start()
         self.server = server
 
