@@ -35,10 +35,11 @@ class LeaderLoops:
         self._task: asyncio.Task | None = None
         self.term = 0
         self.leader_since = 0.0  # monotonic seconds
+        self._stopped = False  # set by stop(): the process is shutting down
 
     def on_leadership(self, is_leader: bool, term: int) -> None:
         """Raft leadership listener (sync, on the event loop)."""
-        if is_leader:
+        if is_leader and not self._stopped:
             if self._task is not None and not self._task.done() and self.term == term:
                 return
             self._cancel()
@@ -58,6 +59,7 @@ class LeaderLoops:
         self._task = None
 
     async def stop(self) -> None:
+        self._stopped = True
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()
