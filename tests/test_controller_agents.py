@@ -315,3 +315,18 @@ async def test_node_writes_and_cancel_are_idempotent_without_new_entries(tmp_pat
             assert after_cancel >= before + 2
         finally:
             await a.close()
+
+
+async def test_leader_loops_follow_leadership(tmp_path):
+    async with inproc_controller(tmp_path) as h:
+        await wait_leader_announced(h)
+        loops = h.server.leader_loops
+        assert loops.active and loops.term == h.raft.term
+        h.raft.set_leader(False, "c2")
+        await asyncio.sleep(0)
+        assert not loops.active
+        h.raft.set_leader(True)
+        new_term = h.raft.term
+        await eventually(lambda: h.state.leader().term == new_term, what="LeaderChanged of the new term")
+        assert loops.active and loops.term == new_term
+        assert len(h.state.events(types=["leader"])) >= 2
