@@ -243,3 +243,35 @@ async def test_driver_api_in_process(tmp_path):
             await n.stop()
     with pytest.raises(Unavailable):
         await lead.propose(b"x")
+
+
+async def test_start_refuses_foreign_data_dir_and_taken_port(tmp_path):
+    import socket
+
+    from controller.raft.kvdemo import KvStateMachine
+    from controller.raft.node import RaftConfig, RaftNode
+    from controller.raft.wal import StorageError
+
+    wal = tmp_path / "foreign" / "raft" / "wal"
+    wal.mkdir(parents=True)
+    (wal / "00000001.seg").write_bytes(b"not a lepton wal segment " * 10)
+    node = RaftNode(RaftConfig("n1", {"n1": "127.0.0.1:0"}, tmp_path / "foreign"), KvStateMachine())
+    with pytest.raises(StorageError, match="not a Lepton WAL segment"):
+        await node.start()
+    assert (wal / "00000001.seg").read_bytes().startswith(b"not a lepton")  # untouched
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        taken = f"127.0.0.1:{s.getsockname()[1]}"
+        node = RaftNode(RaftConfig("n1", {"n1": taken}, tmp_path / "fresh"), KvStateMachine())
+        with pytest.raises(OSError, match="cannot listen"):
+            await node.start()
+    # Nothing was left open: the same data dir starts cleanly on a free port, as a one-voter cluster.
+    node = RaftNode(RaftConfig("n1", {"n1": "127.0.0.1:0"}, tmp_path / "fresh"), KvStateMachine())
+    await node.start()
+    try:
+        await asyncio.wait_for(until(lambda: node.is_leader), 20)
+        assert await node.propose(KvStateMachine.encode_put("k", b"v")) > 0
+    finally:
+        await node.stop()

@@ -182,6 +182,17 @@ class RaftNode:
         st = await asyncio.to_thread(
             self._wal.open, snap.meta.index if snap else 0, snap.meta.term if snap else 0
         )
+        try:
+            await self._start_with(snap, st)
+        except BaseException:
+            # Leave nothing open behind a failed start (e.g. the raft port is taken).
+            if self._transport is not None:
+                await self._transport.stop()
+            self._wal.close()
+            raise
+
+    async def _start_with(self, snap: Snapshot | None, st) -> None:
+        cfg = self.cfg
         if snap is not None:
             members, data = decode_envelope(snap.data)
             self._addresses.update(members)
@@ -577,6 +588,7 @@ class RaftNode:
                     log.warning("raft %s: removed from the cluster at index %d", self.cfg.id, e.index)
         self._applied = e.index
         self._applied_term = e.term
+        self.stats["applied"] += 1
         if pending is not None and not pending.fut.done():
             if pending.term != e.term:
                 pending.fut.set_exception(NotLeader(self._core.leader, term=self._core.term))

@@ -290,11 +290,15 @@ class RaftTransport:
     async def start(self) -> None:
         self._server = grpc.aio.server(options=_GRPC_OPTIONS)
         raft_pb2_grpc.add_RaftServiceServicer_to_server(_Servicer(self), self._server)
-        if self.server_credentials is not None:
-            self.port = self._server.add_secure_port(self.listen, self.server_credentials)
-        else:
-            self.port = self._server.add_insecure_port(self.listen)
+        try:
+            if self.server_credentials is not None:
+                self.port = self._server.add_secure_port(self.listen, self.server_credentials)
+            else:
+                self.port = self._server.add_insecure_port(self.listen)
+        except RuntimeError:  # grpc reports a failed bind this way
+            self.port = 0
         if not self.port:
+            self._server = None
             raise OSError(f"cannot listen for raft traffic on {self.listen}")
         await self._server.start()
         await self.set_peers(self._initial_peers)
