@@ -8,12 +8,14 @@ mocks. Skipped until controller/main.py and agent/main.py exist.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.netns
 pytest_plugins = ["tests.support_netns.fixtures"]
 
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "worked-example.yaml"
 ELECTION_DEADLINE = 60.0  # generous: 8 engineers share 2 cores; this is a liveness bound, not a timing claim
 
 
@@ -59,3 +61,40 @@ def test_agent_registers_through_namespaces(lepton_netns):
             break
         time.sleep(0.2)
     assert status is not None and status.nodes_ready == 2, f"{status}\n{lep.logs()}"
+
+
+def running_tasks(lep, among):
+    doc = lep.ctl("tasks", "list", among=among)
+    if doc is None:
+        return None
+    tasks = doc.get("tasks", doc) if isinstance(doc, dict) else doc
+    return {t["id"]: t["node"] for t in tasks if t.get("state") == "running"}
+
+
+def poll(fn, deadline_s=ELECTION_DEADLINE):
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if value := fn():
+            return value
+        time.sleep(0.3)
+    return None
+
+
+def test_worked_example_keeps_running_when_the_leader_is_isolated(lepton_netns):
+    lep = lepton_netns(controllers=3, agents=2)  # agents: the worked example's 100-core node
+    leader = lep.find_leader(timeout=ELECTION_DEADLINE)
+    assert leader, lep.logs()
+    assert lep.ctl("jobs", "submit", str(EXAMPLE)) is not None, lep.logs()
+    before = poll(lambda: (r := running_tasks(lep, lep.controllers)) and len(r) == 4 and r)
+    assert before, lep.logs()
+
+    # The leader loses every link: controllers and agents alike.
+    lep.net.isolate(leader)
+    survivors = [c for c in lep.controllers if c != leader]
+    new_leader = lep.find_leader(among=survivors, timeout=ELECTION_DEADLINE)
+    assert new_leader in survivors, lep.logs()
+    # Agents reconnect to the new leader; nothing is rescheduled, nothing is lost.
+    after = poll(lambda: (r := running_tasks(lep, survivors)) and len(r) == 4 and r)
+    assert after == before, lep.logs()
+    lep.net.heal()
+    assert lep.find_leader(timeout=ELECTION_DEADLINE) in lep.controllers, lep.logs()

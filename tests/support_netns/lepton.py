@@ -13,8 +13,10 @@ source checkout works whether or not `pip install -e .` was run.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -92,7 +94,7 @@ class LeptonOnNetns:
         ]  # fmt: skip
         host.run(argv, env=self.env(), log_path=self.workdir / name / "controller.log", cwd=REPO_ROOT)
 
-    def start_agent(self, name: str, cpus: str = "8", memory: str = "16Gi", network: str = "10G") -> None:
+    def start_agent(self, name: str, cpus: str = "100", memory: str = "1Ti", network: str = "10G") -> None:
         host: Host = self.net[name]
         argv = [
             *program("agent.main"),
@@ -145,6 +147,20 @@ class LeptonOnNetns:
                     return leader
             time.sleep(0.2)
         return None
+
+    def ctl(self, *args: str, among: list[str] | None = None, timeout: float = 60):
+        """Run lepton-ctl (from the root namespace) against `among` controllers; JSON result or None on failure."""
+        addrs = ",".join(self.api(c) for c in (among or self.controllers))
+        argv = [*program("leptonctl.main"), "--controllers", addrs, "--timeout", "5s", "-o", "json", *args]
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, env={**os.environ, **self.env()}, timeout=timeout
+        )
+        if proc.returncode != 0:
+            return None
+        try:
+            return json.loads(proc.stdout) if proc.stdout.strip() else {}
+        except json.JSONDecodeError:
+            return None
 
     def logs(self) -> str:
         """Tail of every process log, for assertion messages when something does not come up."""
