@@ -9,6 +9,7 @@ printed time is the "node lost -> tasks running elsewhere" figure.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 
 import pytest
@@ -178,6 +179,93 @@ async def test_leader_failover_keeps_tasks_running(cluster3):
         except BaseException:
             print(ctl.logs())
             print(f"--- agent ---\n{agent.log_tail()}")
+            raise
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def uneven(tmp_path):
+    """A controller and two real agents on this machine: a 4-core node and a 64-core node.
+
+    Both sample the same machine, so the same busy millicores make the small
+    node hot and leave the big one nearly idle.
+    """
+    ctl = ControllerCluster(tmp_path, 1)
+    small = AgentProc(
+        "small", ctl.api_addresses, tmp_path / "agent-small", tmp_path, ["--cpus", "4", "--memory", "1Ti"]
+    )
+    big = AgentProc(
+        "big", ctl.api_addresses, tmp_path / "agent-big", tmp_path, ["--cpus", "64", "--memory", "1Ti"]
+    )
+    state = {"job_id": None}
+    ctl.start()
+    small.start()
+    try:
+        yield ctl, small, big, state
+    finally:
+        small.kill()
+        big.kill()
+        ctl.close()
+        kill_task_processes(state["job_id"])
+
+
+async def test_hot_node_sheds_a_migratable_cpu_burner(uneven):
+    ctl, small, big, state = uneven
+    client = RedirectingClient(ctl.api_addresses)
+    try:
+        try:
+
+            async def ready(n):
+                async def check():
+                    r = await client.call("ListNodes", control_pb2.ListNodesRequest())
+                    return sum(1 for x in r.nodes if x.status == types_pb2.NODE_STATUS_READY) == n
+
+                return check
+
+            await until(await ready(1), "the small node")
+            spec = types_pb2.JobSpec(
+                name="burn",
+                count=1,
+                template=types_pb2.TaskTemplate(
+                    command=sys.executable,
+                    args=["-c", "while True: pass"],
+                    resources=types_pb2.Resources(cpu_millis=100, memory_bytes=64 * 2**20),
+                    migratable=True,
+                ),
+            )
+            d = await client.call("SubmitJob", control_pb2.SubmitJobRequest(spec=spec))
+            state["job_id"] = d.job.id
+
+            async def task():
+                return (await client.call("ListTasks", control_pb2.ListTasksRequest(job_id=d.job.id))).tasks[
+                    0
+                ]
+
+            async def running_on(node):
+                async def check():
+                    t = await task()
+                    return t.state == TS.TASK_STATE_RUNNING and t.node_id == node and not t.migrating_to
+
+                return check
+
+            await until(await running_on("small"), "burner running on the small node")
+            big.start()
+            await until(await ready(2), "the big node")
+
+            async def plan_moves():
+                p = await client.call("PlanRebalance", control_pb2.RebalanceRequest())
+                return p if p.moves else None
+
+            plan = await until(plan_moves, "a rebalance move", timeout=60)
+            assert [(m.from_node, m.to_node) for m in plan.moves] == [("small", "big")], plan
+            applied = await client.call("ApplyRebalance", control_pb2.RebalanceRequest())
+            assert applied.applied and applied.moves, applied
+            await until(await running_on("big"), "burner running on the big node", timeout=60)
+        except BaseException:
+            print(ctl.logs())
+            for a in (small, big):
+                print(f"--- agent {a.id} ---\n{a.log_tail()}")
             raise
     finally:
         await client.close()
