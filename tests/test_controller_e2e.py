@@ -269,3 +269,63 @@ async def test_hot_node_sheds_a_migratable_cpu_burner(uneven):
             raise
     finally:
         await client.close()
+
+
+async def test_drain_empties_a_node_with_real_agents(world):
+    ctl, agents, state = world
+    client = RedirectingClient(ctl.api_addresses)
+    try:
+        try:
+
+            async def nodes_ready():
+                r = await client.call("ListNodes", control_pb2.ListNodesRequest())
+                return sum(1 for n in r.nodes if n.status == types_pb2.NODE_STATUS_READY) == 2
+
+            await until(nodes_ready, "both agents")
+            spec = types_pb2.JobSpec(
+                name="svc",
+                count=3,
+                template=types_pb2.TaskTemplate(
+                    command="sleep", args=["120"], resources=types_pb2.Resources(memory_bytes=128 * 2**20)
+                ),
+            )
+            d = await client.call("SubmitJob", control_pb2.SubmitJobRequest(spec=spec))
+            state["job_id"] = d.job.id
+
+            async def tasks():
+                return (await client.call("ListTasks", control_pb2.ListTasksRequest(job_id=d.job.id))).tasks
+
+            async def all_running():
+                ts = await tasks()
+                return (
+                    ts if all(t.state == TS.TASK_STATE_RUNNING and not t.migrating_to for t in ts) else None
+                )
+
+            ts = await until(all_running, "tasks running")
+            drained = ts[0].node_id
+            other = "n2" if drained == "n1" else "n1"
+            await client.call("DrainNode", control_pb2.DrainNodeRequest(id=drained, max_parallel=1))
+
+            async def done():
+                n = (await client.call("GetNode", control_pb2.GetNodeRequest(id=drained))).node
+                ts = await tasks()
+                return not n.draining and all(
+                    t.node_id == other and t.state == TS.TASK_STATE_RUNNING for t in ts
+                )
+
+            await until(done, "the node drained")
+            n = (await client.call("GetNode", control_pb2.GetNodeRequest(id=drained))).node
+            assert n.cordoned and n.allocated.memory_bytes == 0
+            # Every copy on the drained node was stopped by its agent: one process per task remains.
+            await until(lambda: _eq(len(task_pids(d.job.id)), 3), "stale processes gone")
+        except BaseException:
+            print(ctl.logs())
+            for a in agents.values():
+                print(f"--- agent {a.id} ---\n{a.log_tail()}")
+            raise
+    finally:
+        await client.close()
+
+
+async def _eq(a, b):
+    return a == b
