@@ -95,8 +95,16 @@ cmd_build() {
         tar --null --ignore-failed-read -T - -cf - 2>/dev/null) | tar -C "$ctx" -xf -
     cp -r "$CACHE/wheelhouse" "$ctx/wheelhouse"
     log "docker build $LEPTON_IMAGE from $LEPTON_BASE_IMAGE"
+    local old
+    old="$(docker image inspect -f '{{.Id}}' "$LEPTON_IMAGE" 2>/dev/null || true)"
     docker build --quiet -f "$ctx/deploy/Dockerfile" --build-arg "BASE_IMAGE=$LEPTON_BASE_IMAGE" \
         -t "$LEPTON_IMAGE" "$ctx" >/dev/null
+    # Drop the image this build replaced (kept if a container still uses it), so
+    # repeated builds do not pile up untagged images.
+    if [[ -n "$old" && "$old" != "$(docker image inspect -f '{{.Id}}' "$LEPTON_IMAGE")" ]]; then
+        docker rmi "$old" >/dev/null 2>&1 || true
+    fi
+    docker image prune -f --filter label=org.lepton.stage=builder >/dev/null
     log "built $LEPTON_IMAGE ($(docker image inspect -f '{{.Size}}' "$LEPTON_IMAGE" | awk '{printf "%d MB", $1/1e6}'))"
 }
 
