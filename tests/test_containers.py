@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -86,11 +87,30 @@ def poll(fn, deadline_s: float = DEADLINE, every: float = 1.0):
     return None
 
 
+PROJECT_PREFIX = "leptont"
+
+
+def remove_stale_projects() -> None:
+    """`down -v` the compose projects of test runs whose process is gone (killed before their finalizer)."""
+    out = subprocess.run(
+        ["docker", "ps", "-a", "--format", '{{.Label "com.docker.compose.project"}}'],
+        capture_output=True,
+        text=True,
+    ).stdout
+    for project in set(out.split()):
+        m = re.fullmatch(rf"{PROJECT_PREFIX}(\d+)", project)
+        if m and not Path(f"/proc/{m.group(1)}").exists():
+            subprocess.run(
+                [str(SCRIPT), "down"], capture_output=True, env=Compose(project).env(), timeout=300
+            )
+
+
 @pytest.fixture
 def compose_cluster():
     if reason := docker_ready():
         pytest.skip(reason)
-    project = f"lp7t{os.getpid()}"
+    remove_stale_projects()
+    project = f"{PROJECT_PREFIX}{os.getpid()}"
     compose = Compose(project)
     started = time.monotonic()
     try:

@@ -205,3 +205,20 @@ def test_up_failure_cleans_up(tmp_path):
         assert leftovers == []
     finally:
         subprocess.run(["ip", "link", "del", f"{cluster.prefix}v1"], capture_output=True)
+
+
+def test_gc_removes_only_clusters_of_dead_runs(netns_cluster):
+    from tests.support_netns.netns import _pid_alive, gc_stale
+
+    live = netns_cluster(["a"])  # ours: the pid in its prefix is alive
+    dead_pid = next(p for p in range(0x3FFFFF, 0x300000, -1) if not _pid_alive(p))
+    stale = NetnsCluster(["a", "b"], prefix=f"lp{dead_pid:x}-1")
+    try:
+        stale.up()  # and then "forgotten", as by a run killed before its teardown
+        stale["a"].run(["sleep", "600"], record=False)
+        removed = gc_stale()
+        assert stale["a"].netns in removed and stale.bridge in removed
+        assert names_with(stale.prefix) == []
+        assert names_with(live.prefix)  # a live run's cluster is untouched
+    finally:
+        stale.down()

@@ -45,7 +45,7 @@ from pathlib import Path
 
 _SEQ = itertools.count(1)
 # Test prefixes embed the owner's PID so stale ones can be recognised safely.
-_TEST_PREFIX_RE = re.compile(r"^lp([0-9a-f]+)-(\d+)")
+_TEST_PREFIX_RE = re.compile(r"^lp([0-9a-f]+)-")
 IFNAMSIZ = 15  # Linux interface names are at most 15 bytes.
 
 
@@ -452,7 +452,7 @@ def _pid_alive(pid: int) -> bool:
 def gc_stale() -> list[str]:
     """Remove namespaces/links of *test* clusters whose owning process is gone; return what went.
 
-    Only names matching `lp<pid hex>-<n>` whose pid is dead are touched, so a
+    Only names matching `lp<pid hex>-...` whose pid is dead are touched, so a
     concurrent run (live pid) or a cluster from deploy/ (other prefix) is safe.
     """
     removed = []
