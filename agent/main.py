@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import signal
 import sys
@@ -161,12 +162,21 @@ class Agent:
             async with asyncio.TaskGroup() as tg:
                 session = tg.create_task(self.session.run(), name="agent-session")
                 watch = tg.create_task(self._disconnect_watch(), name="agent-disconnect-watch")
-                await stop.wait()
+                stopping = tg.create_task(stop.wait(), name="agent-stop")
+                await asyncio.wait({stopping, session}, return_when=asyncio.FIRST_COMPLETED)
+                if not stopping.done():
+                    # The session only ends when cancelled: anything else is a bug, and
+                    # an agent that silently stops talking to its controller is worse
+                    # than one that exits (and gets restarted by its supervisor).
+                    stopping.cancel()
+                    watch.cancel()
+                    raise RuntimeError(f"controller session ended unexpectedly: {session!r}")
                 if self.config.drain_on_exit:
                     log.info("draining: stopping every task before exit")
                     await self.runner.stop_all("agent shut down with --drain-on-exit")
                     # Give the writer a moment to deliver the STOPPED events.
                     await asyncio.sleep(min(1.0, self.session.report_interval))
+                self.session.closing = True
                 session.cancel()
                 watch.cancel()
         finally:
@@ -180,11 +190,20 @@ async def run_agent(config: AgentConfig, stop: asyncio.Event, clock: Clock = SYS
     await Agent(config, clock).run(stop)
 
 
+def _dump_tasks() -> None:
+    """kill -USR2 <agent>: every asyncio task's stack to stderr (where is it waiting?)."""
+    for task in asyncio.all_tasks():
+        frames = task.get_stack()
+        where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in frames) or "(not started)"
+        print(f"task {task.get_name()}: {where}", file=sys.stderr)
+
+
 async def _serve(config: AgentConfig) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR2, _dump_tasks)
     await run_agent(config, stop)
 
 
@@ -194,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"lepton-agent: error: {e}", file=sys.stderr)
         return 2
+    # kill -USR1 <agent> dumps every thread's stack to stderr: cheap insurance for field debugging.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

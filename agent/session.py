@@ -66,6 +66,7 @@ class Session:
         self.disconnected_since: float | None = clock.monotonic()
         self.leader: str = ""
         self.connections = 0  # successful Welcomes, for tests and logs
+        self.closing = False  # set by the owner right before it cancels run()
 
     def emit(self, event: agent_pb2.TaskEvent) -> None:
         self._events.append(event)
@@ -102,8 +103,16 @@ class Session:
             except (grpc.RpcError, StreamClosed, TimeoutError, OSError) as e:
                 err_text = _describe(e)
             except Exception as e:  # a bug must cost a reconnect, never the agent
+                if self.closing:
+                    raise asyncio.CancelledError from e
                 log.exception("unexpected error on the stream to %s", target)
                 err_text = _describe(e)
+            if self.closing:
+                # Cancelled while a child of the stream's TaskGroup failed (a write
+                # racing the cancel): the group raised that error, not CancelledError.
+                # Swallowing it here would keep the agent from ever shutting down.
+                # (Task.cancelling() is no guide: TaskGroup cancels its parent itself.)
+                raise asyncio.CancelledError
             if self.disconnected_since is None:
                 self.disconnected_since = self._clock.monotonic()
                 failures = 0  # a stream that worked resets the backoff
@@ -148,9 +157,10 @@ class Session:
                 raise eg.exceptions[0] from None
             except* TimeoutError as eg:
                 raise eg.exceptions[0] from None
-            except* asyncio.InvalidStateError:
+            except* asyncio.InvalidStateError as eg:
                 # grpc.aio raises this for a write racing the end of the RPC.
-                raise StreamClosed("stream ended") from None
+                code, details = await call.code(), await call.details()
+                raise StreamClosed(f"stream ended: {code.name}: {details}") from eg.exceptions[0]
         finally:
             self.leader = ""
             if call is not None:

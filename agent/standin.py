@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Iterable
 
 import grpc
 
 from lepton.errors import NotLeader, abort
 from lepton.v1 import agent_pb2, agent_pb2_grpc
+
+log = logging.getLogger("lepton.agent.standin")
 
 
 class StandInController(agent_pb2_grpc.AgentServiceServicer):
@@ -46,6 +49,15 @@ class StandInController(agent_pb2_grpc.AgentServiceServicer):
         return self.address
 
     async def stop(self, grace: float | None = 0.5) -> None:
+        # End every stream explicitly first: grpc.aio's server.stop() alone was
+        # seen to leave clients' streams open, which is not what a controller
+        # going away looks like.
+        for q in list(self._streams):
+            q.put_nowait(None)
+        for _ in range(100):
+            if not self._streams:
+                break
+            await asyncio.sleep(0.01)
         if self.server is not None:
             await self.server.stop(grace)
             self.server = None
@@ -107,9 +119,14 @@ class StandInController(agent_pb2_grpc.AgentServiceServicer):
                 getter = asyncio.create_task(q.get())
                 done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
                 if getter in done:
-                    await context.write(agent_pb2.ControllerMessage(desired=getter.result()))
+                    desired = getter.result()
+                    if desired is None:  # stop(): end the stream like a departing leader
+                        await context.abort(grpc.StatusCode.UNAVAILABLE, "stand-in controller stopping")
+                    await context.write(agent_pb2.ControllerMessage(desired=desired))
                 else:
                     getter.cancel()
+            if reader.exception() is not None:
+                log.warning("stand-in %s: stream reader failed: %r", self.controller_id, reader.exception())
         finally:
             self._streams.discard(q)
             reader.cancel()
