@@ -60,6 +60,9 @@ class KvStateMachine:
 
     def restore(self, blob: bytes) -> None:
         data = {}
+        if not blob:  # the empty state
+            self.data = data
+            return
         (count,) = _LEN.unpack_from(blob)
         p = 4
         for _ in range(count):

@@ -108,7 +108,10 @@ def encode_envelope(members: dict[str, str], data: bytes) -> bytes:
     return _ENVELOPE_MAGIC + _U32.pack(len(head)) + head + data
 
 
-def decode_envelope(blob: bytes) -> tuple[dict[str, str], bytes]:
+def decode_envelope(blob: bytes) -> tuple[dict[str, str], bytes] | None:
+    """(member addresses, state machine bytes), or None for the core's bootstrap snapshot (no data)."""
+    if not blob:
+        return None
     if blob[:4] != _ENVELOPE_MAGIC:
         raise InvalidArgument("snapshot data is not a Lepton raft snapshot envelope")
     (n,) = _U32.unpack_from(blob, 4)
@@ -194,9 +197,7 @@ class RaftNode:
     async def _start_with(self, snap: Snapshot | None, st) -> None:
         cfg = self.cfg
         if snap is not None:
-            members, data = decode_envelope(snap.data)
-            self._addresses.update(members)
-            self.sm.restore(data)
+            self._restore(snap)
             self._applied = self._snap_index = snap.meta.index
             self._applied_term = snap.meta.term
             self._applied_voters = set(snap.meta.conf.voters)
@@ -597,15 +598,26 @@ class RaftNode:
             else:
                 pending.fut.set_result(result)
 
-    def _install_snapshot(self, snap: Snapshot) -> None:
-        members, data = decode_envelope(snap.data)
-        self.sm.restore(data)
+    def _restore(self, snap: Snapshot) -> None:
+        env = decode_envelope(snap.data)
+        if env is None:
+            # The core's bootstrap snapshot (index 1, no data): the state machine
+            # is the empty one it already is; addresses come from cfg.peers.
+            return
+        members, data = env
         self._addresses.update(members)
+        self.sm.restore(data)
+
+    def _install_snapshot(self, snap: Snapshot) -> None:
+        self._restore(snap)
         self._applied = self._snap_index = snap.meta.index
         self._applied_term = snap.meta.term
         self._applied_voters = set(snap.meta.conf.voters)
         self._prev_snapshot = snap
-        log.info("raft %s: installed snapshot at index %d from the leader", self.cfg.id, snap.meta.index)
+        if snap.data:
+            log.info("raft %s: installed snapshot at index %d from the leader", self.cfg.id, snap.meta.index)
+        else:
+            log.info("raft %s: bootstrapped with voters %s", self.cfg.id, ", ".join(snap.meta.conf.voters))
         self._schedule_peer_update()
         # Proposals at or below the snapshot can no longer be matched to their entries.
         for idx in [i for i in self._proposals if i <= snap.meta.index]:
