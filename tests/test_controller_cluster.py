@@ -133,18 +133,24 @@ async def test_plan_from_an_old_term_is_rejected_with_real_raft(tmp_path):
 
     async def started() -> ControllerServer:
         s = ControllerServer(cfg)
-        await s.start()
-        loop = asyncio.get_running_loop()
-        end = loop.time() + 20
-        while not s.replica.is_leader:
-            assert loop.time() < end, "single replica never became leader"
-            await asyncio.sleep(0.02)
+        try:
+            await s.start()
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 20
+            while not s.replica.is_leader:
+                assert loop.time() < end, "single replica never became leader"
+                await asyncio.sleep(0.02)
+        except BaseException:
+            await s.stop()
+            raise
         return s
 
     s = await started()
-    old_term = s.replica.node.term
-    await s.replica.propose(commands_pb2.CommitPlan(), plan_term=old_term)  # current term: accepted
-    await s.stop()
+    try:
+        old_term = s.replica.node.term
+        await s.replica.propose(commands_pb2.CommitPlan(), plan_term=old_term)  # current term: accepted
+    finally:
+        await s.stop()
     s = await started()
     try:
         assert s.replica.node.term > old_term
