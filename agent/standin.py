@@ -114,6 +114,7 @@ class StandInController(agent_pb2_grpc.AgentServiceServicer):
             q.put_nowait(self.desired)
         self._streams.add(q)
         reader = asyncio.create_task(self._read(context))
+        getter: asyncio.Task | None = None
         try:
             while not reader.done():
                 getter = asyncio.create_task(q.get())
@@ -129,6 +130,8 @@ class StandInController(agent_pb2_grpc.AgentServiceServicer):
                 log.warning("stand-in %s: stream reader failed: %r", self.controller_id, reader.exception())
         finally:
             self._streams.discard(q)
+            if getter is not None:
+                getter.cancel()
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
