@@ -277,7 +277,10 @@ class ControllerServer:
         if self.server is not None:
             await self.server.stop(self.cfg.grace)
         if self.replica is not None:
-            await self.replica.node.stop()
+            try:
+                await self.replica.node.stop()
+            except Exception:  # e.g. it never started; shutting down must still finish
+                log.exception("stopping Raft failed")
         log.info("controller %s stopped", self.cfg.id)
 
     async def _register_member_loop(self) -> None:
