@@ -26,6 +26,7 @@ import contextlib
 import faulthandler
 import logging
 import signal
+import socket
 import sys
 
 import lepton
@@ -51,6 +52,10 @@ class Agent:
     """Owns one of each part; `run(stop)` drives them until stop is set."""
 
     def __init__(self, config: AgentConfig, clock: Clock = SYSTEM_CLOCK, nvml=None) -> None:
+        if not config.hostname or not config.address:
+            # An AgentConfig built directly (not via from_args), e.g. by the controller's --dev mode.
+            host = config.hostname or socket.gethostname()
+            config = config.with_(hostname=host, address=config.address or host)
         self.config = config
         self._clock = clock
         self.store = StateStore(config.data_dir)
