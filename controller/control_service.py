@@ -132,7 +132,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                 control_pb2.Member(
                     id=mid,
                     api_address=self.r.member_api_address(mid) or (m.api_address if m else ""),
-                    raft_address=raft_addr,
+                    raft_address=m.raft_address if m is not None and raft_addr.endswith(":0") else raft_addr,
                     role="leader" if mid == leader else ("follower" if leader else "unknown"),
                     healthy=(mid == node.id) or bool(p.get("recent_active", False)),
                     match_index=int(p.get("match", 0)),

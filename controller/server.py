@@ -260,6 +260,10 @@ class ControllerServer:
             await node.start()
         except RuntimeError as e:  # grpc's "failed to bind" and the like
             raise Unavailable(f"cannot start Raft on {self.cfg.raft_listen}: {e}") from None
+        host, _, port = self.cfg.raft_listen.rpartition(":")
+        if port == "0" and getattr(node, "raft_port", 0):
+            # --raft-listen ...:0 (dev, tests): register the port Raft really got.
+            self.cfg.raft_listen = f"{host}:{node.raft_port}"
         self._bg.append(asyncio.create_task(self._register_member_loop(), name="register-member"))
         log.info("controller %s serving API on %s (raft %s)", self.cfg.id, self.address, self.cfg.raft_listen)
 
