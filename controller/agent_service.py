@@ -34,6 +34,7 @@ log = logging.getLogger("lepton.controller.agents")
 
 HELLO_TIMEOUT = 10.0
 RECONCILE_EVERY = 5  # reports
+MAX_REMEMBERED = 10_000  # (task, attempt) states remembered per stream to skip repeats
 TS = types_pb2.TaskState
 _EVENT_STATE = {
     agent_pb2.TASK_EVENT_STARTED: TS.TASK_STATE_RUNNING,
@@ -193,6 +194,9 @@ class _TaskTracker:
         key = (upd.task_id, upd.attempt)
         if self._proposed.get(key) == upd.state:
             return
+        if len(self._proposed) >= MAX_REMEMBERED:
+            # Only an optimisation against repeats: forgetting costs at most a no-op proposal.
+            self._proposed.clear()
         self._proposed[key] = upd.state
         prev = self._chains.get(upd.task_id)
         self._chains[upd.task_id] = asyncio.create_task(self._propose_after(prev, upd))
