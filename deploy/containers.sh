@@ -83,17 +83,23 @@ wheelhouse() {
 
 cmd_build() {
     need_docker
-    [[ "$LEPTON_BASE_IMAGE" == lepton/base:* ]] && cmd_base
-    mkdir -p "$CACHE/wheelhouse"
-    log "wheelhouse in $CACHE/wheelhouse"
-    wheelhouse "$CACHE/wheelhouse"
+    local offline=0
+    [[ "$LEPTON_BASE_IMAGE" == lepton/base:* ]] && offline=1
+    if ((offline)); then
+        cmd_base
+        mkdir -p "$CACHE/wheelhouse"
+        log "wheelhouse in $CACHE/wheelhouse"
+        wheelhouse "$CACHE/wheelhouse"
+    fi
     # A clean context: the files git knows (tracked or not ignored), plus the wheels.
     local ctx
     ctx="$(mktemp -d /var/tmp/lepton-ctx.XXXXXX)"
     CLEANUP+=("$ctx")
     (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard |
         tar --null --ignore-failed-read -T - -cf - 2>/dev/null) | tar -C "$ctx" -xf -
-    cp -r "$CACHE/wheelhouse" "$ctx/wheelhouse"
+    # The wheels target the local base image's CPython 3.11; a registry base image
+    # (another Python) gets none and the builder resolves dependencies itself.
+    if ((offline)); then cp -r "$CACHE/wheelhouse" "$ctx/wheelhouse"; fi
     log "docker build $LEPTON_IMAGE from $LEPTON_BASE_IMAGE"
     local old
     old="$(docker image inspect -f '{{.Id}}' "$LEPTON_IMAGE" 2>/dev/null || true)"
