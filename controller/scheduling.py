@@ -40,7 +40,10 @@ HOLDING = frozenset(
     {TS.TASK_STATE_ASSIGNED, TS.TASK_STATE_STARTING, TS.TASK_STATE_RUNNING, TS.TASK_STATE_STOPPING}
 )
 BATCH_WINDOW = 0.02
-IDLE_PACE = 0.1  # after a wake-up, wait this long so a burst of submits lands in one round
+IDLE_PACE = 0.1
+# One Raft entry per round, but not an unbounded one: a huge backlog goes out in
+# slices (the next round starts at once because the commit wakes the loop).
+MAX_ASSIGNMENTS_PER_PLAN = 10_000  # after a wake-up, wait this long so a burst of submits lands in one round
 
 
 def res(r: types_pb2.Resources) -> Res:
@@ -142,15 +145,29 @@ def jobs_by_id(state) -> dict[str, types_pb2.Job]:
     return {j.id: j for j in state.jobs(include_finished=True)}
 
 
-def plan_body(plan, pending_by_id: Mapping[str, types_pb2.Task], tasks_by_id: Mapping[str, types_pb2.Task]):
-    """The CommitPlan for a Plan; each item names the attempt/state the planner saw (apply re-checks)."""
+def plan_body(
+    plan,
+    pending_by_id: Mapping[str, types_pb2.Task],
+    tasks_by_id: Mapping[str, types_pb2.Task],
+    limit: int = 0,
+):
+    """The CommitPlan for a Plan; each item names the attempt/state the planner saw (apply re-checks).
+
+    With `limit`, only the first `limit` assignments (and the preemptions
+    that make room for them) go in: a prefix of a plan is itself a valid plan,
+    because each assignment only relies on the capacity left by earlier ones.
+    """
     body = commands_pb2.CommitPlan()
-    for a in plan.assignments:
+    assignments = plan.assignments[:limit] if limit else plan.assignments
+    for a in assignments:
         t = pending_by_id[a.task_id]
         body.assignments.add(
             task_id=a.task_id, node_id=a.node_id, expected_attempt=t.attempt, expected_state=t.state
         )
+    included = {a.task_id for a in assignments}
     for p in plan.preemptions:
+        if p.for_task_id not in included:
+            continue
         victim = tasks_by_id.get(p.victim_task_id)
         body.preemptions.add(
             task_id=p.victim_task_id,
@@ -177,16 +194,21 @@ async def placement_round(replica, term: int, policy: Policy = Policy.BINPACK) -
     replica.sessions.unplaced = {u.task_id: u.reason for u in plan.unplaced}
     if not plan.assignments and not plan.preemptions:
         return 0
-    body = plan_body(plan, {t.id: t for t in pending}, {t.id: t for t in all_tasks})
-    await replica.propose(body, plan_term=term)
+    body = plan_body(plan, {t.id: t for t in pending}, {t.id: t for t in all_tasks}, MAX_ASSIGNMENTS_PER_PLAN)
+    result = await replica.propose(body, plan_term=term)
+    applied = len(getattr(result, "applied", body.assignments))
+    skipped = getattr(result, "skipped", ())
     log.info(
-        "placement round (term %d): %d assigned, %d preempted, %d unplaced",
+        "placement round (term %d): %d assigned, %d preempted, %d unplaced, %d skipped by apply",
         term,
-        len(plan.assignments),
-        len(plan.preemptions),
+        applied,
+        len(getattr(result, "preempted", body.preemptions)),
         len(plan.unplaced),
+        len(skipped),
     )
-    return len(plan.assignments)
+    for task_id, why in skipped[:5]:
+        log.info("plan item for %s skipped: %s", task_id, why)
+    return applied
 
 
 DESIRED = frozenset({TS.TASK_STATE_ASSIGNED, TS.TASK_STATE_STARTING, TS.TASK_STATE_RUNNING})
