@@ -120,3 +120,68 @@ async def test_agent_with_real_controller(cluster, tmp_path):
 
 async def _async(value):
     return value
+
+
+@pytest.fixture
+async def three(tmp_path):
+    (tmp_path / "ctl3").mkdir()
+    ctl = procs.ControllerCluster(tmp_path / "ctl3", 3)
+    agents = Agents(tmp_path)
+    ctl.start()
+    try:
+        yield ctl, agents
+    finally:
+        await agents.cleanup()
+        ctl.close()
+
+
+async def test_agent_follows_a_leader_change(three, tmp_path):
+    """Kill -9 the leader: the agent ends up on the new leader's stream, its task neither lost nor doubled."""
+    ctl, agents = three
+    data = tmp_path / "agent-fo1"
+    await agents.start(",".join(ctl.api_addresses), "--cpus", "8", node_id="fo1")
+    client = client_mod.RedirectingClient(ctl.api_addresses)
+    try:
+
+        async def status():
+            return await client.call("GetClusterStatus", control_pb2.ClusterStatusRequest())
+
+        async def node_ready():
+            r = await client.call("ListNodes", control_pb2.ListNodesRequest())
+            return any(
+                n.id == "fo1" and n.status == types_pb2.NODE_STATUS_READY and n.connected for n in r.nodes
+            )
+
+        await until(node_ready, "node fo1 ready")
+        svc = types_pb2.JobSpec(
+            name="svc",
+            count=1,
+            template=types_pb2.TaskTemplate(
+                command="sleep", args=["300"], resources=types_pb2.Resources(cpu_millis=100)
+            ),
+        )
+        job = (await client.call("SubmitJob", control_pb2.SubmitJobRequest(spec=svc))).job
+
+        async def running():
+            ts = (await client.call("ListTasks", control_pb2.ListTasksRequest(job_id=job.id))).tasks
+            return ts[0] if ts and ts[0].state == TS.TASK_STATE_RUNNING else None
+
+        t = await until(running, "task running")
+        await until(lambda: _async(len(task_pids(data, t.id)) == 1), "task process")
+        (pid,) = task_pids(data, t.id)
+
+        old = await status()
+        ctl.procs[old.leader_id].kill()
+
+        async def new_leader():
+            s = await status()
+            return s if s.leader_id and s.leader_id != old.leader_id else None
+
+        await until(new_leader, "a new leader")
+        # No operator action: the agent reconnects and the new leader sees it connected.
+        await until(node_ready, "node fo1 connected to the new leader")
+        t2 = await until(running, "task still running")
+        assert t2.attempt == t.attempt and t2.node_id == "fo1"
+        assert task_pids(data, t.id) == [pid]
+    finally:
+        await client.close()
