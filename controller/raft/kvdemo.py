@@ -302,7 +302,7 @@ class KvCluster:
 
     async def put(self, key: str, value: bytes, within: float = 20.0) -> int:
         """Writes through whichever replica leads, following NotLeader redirects; returns the index."""
-        from lepton.errors import NotLeader, from_rpc_error
+        from lepton.errors import NotLeader, Unavailable, from_rpc_error
 
         loop = asyncio.get_running_loop()
         end = loop.time() + within
@@ -318,6 +318,11 @@ class KvCluster:
                     return resp.index
                 except grpc.aio.AioRpcError as e:
                     err = from_rpc_error(e)
+                except asyncio.CancelledError:
+                    # kill() closed the channel under this call: the replica is gone.
+                    if asyncio.current_task().cancelling():
+                        raise
+                    err = Unavailable(f"replica {target} was stopped")
             if loop.time() > end:
                 raise TimeoutError(f"put {key!r} not acknowledged within {within}s: {err}")
             if isinstance(err, NotLeader) and err.leader_id in self.replicas and err.leader_id != target:
