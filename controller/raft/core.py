@@ -7,12 +7,16 @@ the driver; the election-timeout jitter comes from an injected `rand`.
 
 Choices worth knowing (each is explained again where it is implemented):
 
-* Bootstrap. A node constructed with `voters` and no persisted state writes
-  one CONF_CHANGE(ADD) entry per voter at term 1, indexes 1..n, already
-  committed (as etcd's StartNode does). Every initial member writes the same
-  entries, so the logs agree, and a node added later (constructed with no
-  voters) learns the whole configuration by replicating the log. The driver
-  applies only NORMAL entries to the state machine.
+* Bootstrap. A node constructed with `voters` and no persisted state starts
+  from a bootstrap snapshot: index 1, term 1, conf = voters, empty data
+  (the empty state machine), emitted in the first Ready to be persisted.
+  Every initial member builds the same one, so the logs agree from index 2.
+  A node added later is constructed with no voters and no state: it cannot
+  campaign, and it learns the configuration atomically from the snapshot
+  the leader sends it (never from a prefix of ADD entries, which would give
+  it configurations that never existed -- the simulator found a new node
+  electing itself alone that way). The driver applies only NORMAL entries
+  to the state machine, and restores empty snapshot data as the empty state.
 * Membership changes take effect when the CONF_CHANGE entry is APPENDED to a
   log, not when it is applied (Raft thesis §4.1). With one voter added or
   removed at a time, any two consecutive configurations' majorities overlap,
@@ -132,7 +136,15 @@ class RaftCore:
         self.max_msg_entries = max_msg_entries
         self.max_inflight = max_inflight
 
+        fresh = hard_state is None and snapshot is None and not entries
+        bootstrap = fresh and bool(voters := tuple(sorted(set(voters))))
+        if bootstrap:
+            snapshot = Snapshot(SnapshotMeta(1, 1, ConfState(voters)))
+            hard_state = HardState(1, "", 1)
         self.log = RaftLog(snapshot, list(entries))
+        if bootstrap:
+            # Handed to the driver to persist (and restore, as the empty state) in the first Ready.
+            self.log.pending_snapshot = snapshot
         # The latest snapshot, sent to followers whose next entry was compacted away.
         self._snapshot: Snapshot | None = snapshot
         hs = hard_state or HardState()
@@ -148,10 +160,7 @@ class RaftCore:
             if e.type == _CONF:
                 self._conf_entry_appended(e)
 
-        fresh = hard_state is None and snapshot is None and not self.log.entries
-        if fresh and voters:
-            self._bootstrap(sorted(set(voters)))
-        elif hs.commit:
+        if hs.commit:
             # Persisted commit may lag what the log holds, never lead it.
             self.log.committed = max(self.log.snap_index, min(hs.commit, self.log.last_index))
 
@@ -173,20 +182,9 @@ class RaftCore:
         self._bcast_commit = False  # commit advanced; tell followers at the next ready()
         # What the driver last persisted/observed, to tell what changed.
         self._prev_hs = (self._term, self._vote, self.log.committed)
-        if fresh and voters:
+        if bootstrap:
             self._prev_hs = (0, "", 0)
         self._prev_ss = (self._leader, self._role)
-
-    def _bootstrap(self, voters: list[str]) -> None:
-        self._term = 1
-        ents = [
-            Entry(1, i + 1, _CONF, ConfChange(ConfChangeType.ADD, v).encode()) for i, v in enumerate(voters)
-        ]
-        self.log.append(ents)
-        self.log.stable = 0
-        for e in ents:
-            self._conf_entry_appended(e)
-        self.log.committed = len(ents)
 
     # -- read-only properties -------------------------------------------------------
 
