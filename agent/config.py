@@ -51,6 +51,7 @@ class AgentConfig:
     drain_on_exit: bool = False
     log_max_bytes: int = 10 * 2**20  # per stream, per task, before rotation
     connect_timeout: float = 5.0  # deadline for a controller to answer Connect with Welcome
+    peer_timeout: float = 20.0  # unacknowledged data this long -> the connection is dead
     backoff_initial: float = 0.2
     backoff_max: float = 5.0
     enable_gpu: bool = True
@@ -149,6 +150,11 @@ _OPTIONS: dict[str, tuple[Callable[[Any], Any], str, str]] = {
     "drain-on-exit": (_parse_bool, "drain_on_exit", "stop all tasks when the agent shuts down"),
     "log-max-size": (parse_memory, "log_max_bytes", "task log size before rotation (e.g. 10Mi)"),
     "connect-timeout": (_positive_duration, "connect_timeout", "deadline for a controller's Welcome"),
+    "peer-timeout": (
+        _positive_duration,
+        "peer_timeout",
+        "drop a connection whose data goes unacknowledged this long (dead or partitioned leader)",
+    ),
     "backoff-max": (_positive_duration, "backoff_max", "longest wait between reconnect attempts"),
     "gpu": (_parse_bool, "enable_gpu", "probe NVIDIA GPUs through NVML (true/false)"),
     "cgroups": (_parse_bool, "enable_cgroups", "use cgroup v2 limits when writable (true/false)"),

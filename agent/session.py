@@ -122,8 +122,20 @@ class Session:
             log.info("controller %s: %s; retrying in %.2fs", target, err_text, delay)
             await asyncio.sleep(delay)
 
+    def channel_options(self) -> list[tuple[str, int]]:
+        # A leader that vanishes without a FIN/RST (partition, power loss) must not
+        # hold the agent forever. gRPC sets TCP_USER_TIMEOUT to keepalive_timeout_ms
+        # once keepalive is configured, and reports are unacknowledged data every
+        # interval, so the kernel drops a dead connection after peer_timeout. The
+        # keepalive *ping* itself is hourly: servers by default punish pings more
+        # frequent than every 5 minutes (GOAWAY too_many_pings).
+        return [
+            ("grpc.keepalive_time_ms", 3_600_000),
+            ("grpc.keepalive_timeout_ms", int(self._cfg.peer_timeout * 1000)),
+        ]
+
     async def _connect_once(self, target: str) -> None:
-        channel = grpc.aio.insecure_channel(target)
+        channel = grpc.aio.insecure_channel(target, options=self.channel_options())
         call = None
         try:
             stub = agent_pb2_grpc.AgentServiceStub(channel)

@@ -368,3 +368,43 @@ async def _until(predicate, every: float = 0.05) -> None:
     # The process table has no change notification: poll it.
     while not predicate():  # noqa: ASYNC110
         await asyncio.sleep(every)
+
+
+def _client_socket_user_timeouts(server_port: int) -> list[int]:
+    """TCP_USER_TIMEOUT of this process's TCP sockets connected to server_port (the client side)."""
+    import socket
+
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            s = socket.socket(fileno=os.dup(int(fd)))
+        except OSError:
+            continue
+        try:
+            tcp = s.family in (socket.AF_INET, socket.AF_INET6) and s.type == socket.SOCK_STREAM
+            if tcp and s.getpeername()[1] == server_port:
+                out.append(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
+        except OSError:
+            pass
+        finally:
+            s.close()
+    return out
+
+
+async def test_in_process_agent_sets_a_dead_peer_timeout(controller, tmp_path):
+    """run_agent() in this loop (the controller's --dev way); its stream drops a silent peer after --peer-timeout."""
+    from agent.main import AgentConfig, run_agent
+
+    cfg = AgentConfig.from_args(
+        ["--controllers", controller.address, "--data-dir", str(tmp_path / "inproc"), "--peer-timeout", "7s"],
+        env={},
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_agent(cfg, stop))
+    try:
+        await controller.wait_for(lambda: controller.reports, WAIT)
+        port = int(controller.address.rsplit(":", 1)[1])
+        assert _client_socket_user_timeouts(port) == [7000]
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, WAIT)
