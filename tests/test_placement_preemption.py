@@ -60,6 +60,18 @@ def test_equal_cost_on_two_nodes_goes_to_the_lowest_node_id():
     assert plan.preemptions == (Preemption("vn1", "n1", "new"),)
 
 
+def test_equal_cost_found_later_in_bound_order_still_goes_to_the_lower_node_id():
+    # n2 looks cheaper by its bound (a priority-0 task) but costs 0 + 4 = 4, like n1's 2 + 2.
+    n1 = node("n1", cpu=8, tasks=tuple(running(f"a{k}", prio=2, cpu=2) for k in range(4)))
+    n2 = node(
+        "n2",
+        cpu=8,
+        tasks=(running("b0", prio=0, cpu=2), *(running(f"b{k}", prio=4, cpu=2) for k in (1, 2, 3))),
+    )
+    plan = place(view(n1, n2), [req("new", prio=9, cpu=4)])
+    assert victims(plan) == ["a0", "a1"] and where(plan) == {"new": "n1"}
+
+
 def test_victims_must_cover_every_short_dimension():
     tasks = (running("cpuhog", prio=0, cpu=6, net=0), running("nethog", prio=1, cpu=1, net=900))
     n = node("n1", cpu=8, net=1000, tasks=tasks)

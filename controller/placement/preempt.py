@@ -8,7 +8,8 @@ and tasks already evicted by it are not candidates.
 
 Which nodes could work at all is decided vectorised: a node qualifies when it
 passes the task's non-resource filters and would fit the task if *every*
-lower-priority task on it were evicted. Per qualifying node an exact
+lower-priority task on it were evicted; per-node lower bounds on the cost
+order the exact search so that it can stop early. Per qualifying node an exact
 branch-and-bound search picks the victims; it visits at most `SEARCH_BUDGET`
 search nodes per node (a count, not a clock, so the answer stays deterministic)
 and keeps the best set found within it.
@@ -24,18 +25,42 @@ from controller.placement.state import NDIM, PlanState
 SEARCH_BUDGET = 20_000
 
 
-def _freeable(state: PlanState, priority: int) -> np.ndarray:
-    """Per node and dimension, the resources held by live tasks of priority < `priority`."""
-    out = np.zeros((NDIM, state.n), dtype=np.float64)
-    if state.t_prio.size == 0:
-        return out
-    sel = state.t_alive & (state.t_prio < priority)
-    if not sel.any():
-        return out
-    nodes = state.t_node[sel]
-    for d in range(NDIM):
-        out[d] = np.bincount(nodes, weights=state.t_res[d, sel], minlength=state.n)
-    return out
+def _per_node(state: PlanState, priority: int):
+    """Per node, over its live tasks of priority < `priority`: total and largest request per
+    dimension, and the lowest priority (int64 max where there is none).
+
+    Computed once per priority and plan with segment reductions (tasks are stored grouped by
+    node, ascending); afterwards only nodes that lost a task to an eviction are recomputed, so a
+    burst of preemptions does not pay for every task in the cluster each time.
+    """
+    cached = state.preempt_agg.get(priority)
+    if cached is None:
+        n = state.n
+        total = np.zeros((NDIM, n), dtype=np.float64)
+        largest = np.zeros((NDIM, n), dtype=np.float64)
+        lowest = np.full(n, _NONE, dtype=np.int64)
+        cand = state.t_alive & (state.t_prio < priority)
+        if cand.any():
+            starts, owners = state.t_segments
+            res = state.t_res * cand
+            total[:, owners] = np.add.reduceat(res, starts, axis=1)
+            largest[:, owners] = np.maximum.reduceat(res, starts, axis=1)
+            lowest[owners] = np.minimum.reduceat(np.where(cand, state.t_prio, _NONE), starts)
+        cached = state.preempt_agg[priority] = [len(state.evicted_nodes), total, largest, lowest]
+    seen, total, largest, lowest = cached
+    if seen != len(state.evicted_nodes):
+        for i in set(state.evicted_nodes[seen:]):
+            tasks = [t for t in state.tasks_on[i] if state.t_alive[t] and state.t_prio[t] < priority]
+            for d in range(NDIM):
+                vals = [float(state.t_res[d, t]) for t in tasks]
+                total[d, i] = sum(vals)
+                largest[d, i] = max(vals, default=0.0)
+            lowest[i] = min((int(state.t_prio[t]) for t in tasks), default=_NONE)
+        cached[0] = len(state.evicted_nodes)
+    return total, largest, lowest
+
+
+_NONE = np.iinfo(np.int64).max
 
 
 def _search(cands, deficit, bound):
@@ -90,37 +115,87 @@ def _search(cands, deficit, bound):
     return result
 
 
+def _candidates(state: PlanState, i: int, priority: int) -> list:
+    """Node i's live tasks below `priority` as (priority, task id, request, index), cheapest first."""
+    return sorted(
+        (
+            (int(state.t_prio[t]), state.t_ids[t], tuple(state.t_res[:, t].tolist()), t)
+            for t in state.tasks_on[i]
+            if state.t_alive[t] and state.t_prio[t] < priority
+        ),
+        key=lambda c: (c[0], c[1]),
+    )
+
+
 def find_preemption(state: PlanState, shape: Shape, priority: int) -> tuple[int, list[int]] | None:
     """(node index, victim task indices) for the cheapest preemption, or None."""
     if state.n == 0 or state.t_prio.size == 0:
         return None
-    free_if_all = state.free + _freeable(state, priority)
-    ok = shape.static.copy()
-    for d in range(NDIM):
-        ok &= free_if_all[d] >= shape.req[d]
+    total, largest, lowest = _per_node(state, priority)
+    req = np.array(shape.req, dtype=np.float64)[:, None]
+    ok = shape.static & (lowest != _NONE) & np.all(state.free + total >= req, axis=0)
     if shape.job is not None:
         for i in state.job_nodes.get(shape.job, {}):
             ok[i] = False
-    candidates_nodes = np.flatnonzero(ok)
+    nodes = np.flatnonzero(ok)
+    if nodes.size == 0:
+        return None
+
+    # Lower bounds per node: evictions >= the deficit over the largest victim, per dimension;
+    # priority sum >= that count x the lowest victim priority. Visiting nodes in bound order
+    # lets the search stop at the first node whose bound cannot beat the best set found (ties on
+    # the bound come in node id order).
+    deficit = req - state.free[:, nodes]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        need = np.where(deficit > 0, np.ceil(deficit / largest[:, nodes]), 0.0)
+    k_lb = np.maximum(need.max(axis=0), 1.0).astype(np.int64)
+    p_lb = k_lb * lowest[nodes]
+    # Nodes searched for this shape and priority before, and unchanged since, keep what that
+    # search proved: their exact cost, or that they cost at least the bound it ran under. Without
+    # this, a burst of preemptions re-searches every node it already used, quadratically.
+    memo = state.preempt_memo.setdefault((shape.key, priority), {})
+    for i in [i for i, entry in memo.items() if entry[0] != state.version[i]]:
+        del memo[i]  # the node changed since: what was proved no longer holds
+    valid = [(i, cost) for i, (_, cost, _) in memo.items() if ok[i]]
+    if valid:
+        pos = np.searchsorted(nodes, np.array([i for i, _ in valid], dtype=np.int64))
+        km = np.array([c[0] for _, c in valid], dtype=np.int64)
+        pm = np.array([c[1] for _, c in valid], dtype=np.int64)
+        higher = (km > k_lb[pos]) | ((km == k_lb[pos]) & (pm > p_lb[pos]))
+        k_lb[pos[higher]], p_lb[pos[higher]] = km[higher], pm[higher]
+    order = np.lexsort((nodes, p_lb, k_lb))
+    keys = zip(k_lb[order].tolist(), p_lb[order].tolist(), nodes[order].tolist(), strict=True)
     best = None  # (k, psum, node index, victims)
     bound = (10**9, float("inf"))  # anything beats it
-    for i in candidates_nodes.tolist():
-        free = state.free[:, i].tolist()
-        deficit = [shape.req[d] - free[d] for d in range(NDIM)]
-        cands = sorted(
-            (
-                (int(state.t_prio[t]), state.t_ids[t], tuple(state.t_res[:, t].tolist()), t)
-                for t in state.tasks_on[i]
-                if state.t_alive[t] and state.t_prio[t] < priority
-            ),
-            key=lambda c: (c[0], c[1]),
-        )
-        found = _search(cands, deficit, bound)
+    for kl, pl, i in keys:
+        if best is not None and ((kl, pl) > bound or ((kl, pl) == bound and i > best[2])):
+            break
+        known = memo.get(i)
+        if known is not None and known[0] == state.version[i] and known[2] is not None:
+            found = (known[1][0], known[1][1], known[2])
+        else:
+            found = _search(
+                _candidates(state, i, priority),
+                [shape.req[d] - state.free[d, i] for d in range(NDIM)],
+                # Priority sums are integers: a bound of p + 0.5 also accepts an equal
+                # sum, which wins here only because this node's id is lower.
+                (bound[0], bound[1] + 0.5) if best is not None and i < best[2] else bound,
+            )
+            if found is None:
+                memo[i] = (state.version[i], bound, None)  # costs at least the bound
+            else:
+                memo[i] = (state.version[i], (found[0], found[1]), found[2])
         if found is None:
             continue
         k, psum, victims = found
-        # Strictly better only: an equal (k, psum) on a later node loses to the lower node id.
-        if best is None or (k, psum) < (best[0], best[1]):
+        if (k, psum) > bound:
+            continue
+        # Strictly better, or equal on a lower node id (a tie can come later in bound order).
+        if (
+            best is None
+            or (k, psum) < (best[0], best[1])
+            or ((k, psum) == (best[0], best[1]) and i < best[2])
+        ):
             best = (k, psum, i, victims)
             bound = (k, psum)
     if best is None:

@@ -70,6 +70,10 @@ class PlanState:
         self.t_prio = np.array(prio, dtype=np.int64)
         self.t_res = np.array(res, dtype=np.float64).reshape(len(res), NDIM).T.copy()
         self.t_alive = np.ones(len(res), dtype=bool)
+        # Tasks are stored grouped by node in node order: segment starts and their nodes, for
+        # per-node reductions over tasks (np.*.reduceat) in the preemption search.
+        owners = np.flatnonzero(np.bincount(self.t_node, minlength=n)) if node_of else np.zeros(0, np.int64)
+        self.t_segments = (np.searchsorted(self.t_node, owners), owners)
         self.tasks_on: list[list[int]] = [[] for _ in range(n)]
         for t, i in enumerate(node_of):
             self.tasks_on[i].append(t)
@@ -82,6 +86,12 @@ class PlanState:
 
         self.log: list[int] = []  # node index per change, in order
         self.evictions = 0  # bumps on every eviction (invalidates preemption caches)
+        self.version = [0] * n  # per node, bumps on every change (validates per-node memos)
+        # preempt.py's per-node results: (shape key, priority) -> {node: (version, cost, victims)}
+        self.preempt_memo: dict[tuple, dict[int, tuple]] = {}
+        # preempt.py's per-priority aggregates over victims, kept current through this log.
+        self.evicted_nodes: list[int] = []
+        self.preempt_agg: dict[int, list] = {}
 
     def assign(self, i: int, req: tuple[float, ...], job_id: str) -> None:
         for d in range(NDIM):
@@ -92,6 +102,7 @@ class PlanState:
         counts = self.job_nodes[job_id]
         counts[i] = counts.get(i, 0) + 1
         self.ntasks[i] += 1
+        self.version[i] += 1
         self.log.append(i)
 
     def unassign(self, i: int, req: tuple[float, ...], job_id: str) -> None:
@@ -106,6 +117,7 @@ class PlanState:
         if counts[i] == 0:
             del counts[i]
         self.ntasks[i] -= 1
+        self.version[i] += 1
         self.log.append(i)
 
     def evict(self, t: int) -> None:
@@ -122,4 +134,6 @@ class PlanState:
             del counts[i]
         self.ntasks[i] -= 1
         self.evictions += 1
+        self.evicted_nodes.append(i)
+        self.version[i] += 1
         self.log.append(i)
