@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from controller.placement import Preemption, place
+from controller.placement import Policy, Preemption, place
 from controller.placement.builders import node, req, res, running, view
 from controller.placement.preempt import _search
 
@@ -141,3 +141,31 @@ def test_victim_search_is_exact_against_brute_force(seed):
     found = _search(cands, deficit, (10**9, float("inf")))
     expected = brute_force(cands, deficit)
     assert (found and (found[0], found[1])) == expected
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_preemption_bursts_agree_with_the_brute_force_reference(seed):
+    # Full nodes of mixed-priority work and a burst that mostly needs evictions: exercises the
+    # bound ordering, the per-node memo and the tie rules against plain enumeration.
+    from .test_placement import reference_place
+
+    rng = random.Random(seed)
+    nodes = []
+    for i in range(8):
+        tasks, used = [], 0
+        while used < 7:
+            c = rng.choice((1, 1, 2, 3))
+            tasks.append(
+                running(f"o{i}.{len(tasks)}", f"old{rng.randint(0, 3)}", prio=rng.randint(0, 4), cpu=c, mem=1)
+            )
+            used += c
+        nodes.append(node(f"n{i}", cpu=used + rng.choice((0, 1)), mem=64, tasks=tuple(tasks)))
+    burst = [
+        req(f"hi.{k}", f"hi{k % 3}", prio=rng.randint(2, 6), order=k, cpu=rng.randint(1, 5))
+        for k in range(30)
+    ]
+    plan = place(view(*nodes), burst, packing=False)
+    expected, evicted = reference_place(nodes, burst, Policy.BINPACK)
+    assert [(a.task_id, a.node_id) for a in plan.assignments] == expected
+    assert sorted(victims(plan)) == evicted
+    assert len(plan.preemptions) > 0
