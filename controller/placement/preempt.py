@@ -115,6 +115,29 @@ def _search(cands, deficit, bound):
     return result
 
 
+def _bound_order(k_lb: np.ndarray, p_lb: np.ndarray, nodes: np.ndarray):
+    """Yield (k bound, priority bound, node) in ascending order, lazily.
+
+    The search usually stops after a node or two, so the first few come from O(n) minimum
+    scans; only a search that goes on longer pays for a full sort of the rest.
+    """
+    left = np.ones(nodes.size, dtype=bool)
+    for _ in range(min(_LAZY_STEPS, nodes.size)):
+        k = np.where(left, k_lb, _NONE).min()
+        m = left & (k_lb == k)
+        p = np.where(m, p_lb, _NONE).min()
+        pos = int(np.argmax(m & (p_lb == p)))  # first = lowest node index
+        left[pos] = False
+        yield int(k), int(p), int(nodes[pos])
+    rest = np.flatnonzero(left)
+    if rest.size:
+        order = rest[np.lexsort((nodes[rest], p_lb[rest], k_lb[rest]))]
+        yield from zip(k_lb[order].tolist(), p_lb[order].tolist(), nodes[order].tolist(), strict=True)
+
+
+_LAZY_STEPS = 4
+
+
 def _candidates(state: PlanState, i: int, priority: int) -> list:
     """Node i's live tasks below `priority` as (priority, task id, request, index), cheapest first."""
     return sorted(
@@ -132,8 +155,10 @@ def find_preemption(state: PlanState, shape: Shape, priority: int) -> tuple[int,
     if state.n == 0 or state.t_prio.size == 0:
         return None
     total, largest, lowest = _per_node(state, priority)
-    req = np.array(shape.req, dtype=np.float64)[:, None]
-    ok = shape.static & (lowest != _NONE) & np.all(state.free + total >= req, axis=0)
+    req = shape.req
+    ok = shape.static & (lowest != _NONE)
+    for d in range(NDIM):
+        ok &= state.free[d] + total[d] >= req[d]
     if shape.job is not None:
         for i in state.job_nodes.get(shape.job, {}):
             ok[i] = False
@@ -145,10 +170,12 @@ def find_preemption(state: PlanState, shape: Shape, priority: int) -> tuple[int,
     # priority sum >= that count x the lowest victim priority. Visiting nodes in bound order
     # lets the search stop at the first node whose bound cannot beat the best set found (ties on
     # the bound come in node id order).
-    deficit = req - state.free[:, nodes]
+    k_lb = np.ones(nodes.size, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        need = np.where(deficit > 0, np.ceil(deficit / largest[:, nodes]), 0.0)
-    k_lb = np.maximum(need.max(axis=0), 1.0).astype(np.int64)
+        for d in range(NDIM):
+            deficit = req[d] - state.free[d, nodes]
+            np.maximum(k_lb, np.where(deficit > 0, np.ceil(deficit / largest[d, nodes]), 0.0), out=k_lb)
+    k_lb = k_lb.astype(np.int64)
     p_lb = k_lb * lowest[nodes]
     # Nodes searched for this shape and priority before, and unchanged since, keep what that
     # search proved: their exact cost, or that they cost at least the bound it ran under. Without
@@ -163,8 +190,7 @@ def find_preemption(state: PlanState, shape: Shape, priority: int) -> tuple[int,
         pm = np.array([c[1] for _, c in valid], dtype=np.int64)
         higher = (km > k_lb[pos]) | ((km == k_lb[pos]) & (pm > p_lb[pos]))
         k_lb[pos[higher]], p_lb[pos[higher]] = km[higher], pm[higher]
-    order = np.lexsort((nodes, p_lb, k_lb))
-    keys = zip(k_lb[order].tolist(), p_lb[order].tolist(), nodes[order].tolist(), strict=True)
+    keys = _bound_order(k_lb, p_lb, nodes)
     best = None  # (k, psum, node index, victims)
     bound = (10**9, float("inf"))  # anything beats it
     for kl, pl, i in keys:
