@@ -99,14 +99,18 @@ def test_busy_loop_pinned_to_one_core_is_about_1000_millicores():
         reference = (_tree_ticks(p.pid) - ticks0) / proctree.CLK_TCK / (time.monotonic() - t0) * 1000
         millis = tasks[0].cpu_millis
         assert (tasks[0].task_id, tasks[0].attempt) == ("busy", 1)
-        # Pinned to one core: never (much) more than 1000m; and clearly busy even when
-        # other test runs compete for core 0.
-        assert 250 <= millis <= 1100
-        assert millis == pytest.approx(reference, rel=0.25, abs=50)
+        # Pinned to one core: never (much) more than 1000m. How much of core 0 the loop
+        # really got depends on the other test runs sharing it, so the figure is judged
+        # against an independent reading of the same processes over the same window.
+        assert millis <= 1100
+        assert millis == pytest.approx(reference, rel=0.25, abs=50), f"reference {reference:.0f}m"
         # A second interval measures the same way (rates are per interval, not cumulative).
+        t1, ticks1 = time.monotonic(), _tree_ticks(p.pid)
         time.sleep(1.0)
         _, tasks = s.sample({("busy", 1): p.pid})
-        assert 250 <= tasks[0].cpu_millis <= 1100
+        reference = (_tree_ticks(p.pid) - ticks1) / proctree.CLK_TCK / (time.monotonic() - t1) * 1000
+        assert tasks[0].cpu_millis <= 1100
+        assert tasks[0].cpu_millis == pytest.approx(reference, rel=0.3, abs=80), f"reference {reference:.0f}m"
     finally:
         _kill(p)
 
