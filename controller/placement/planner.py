@@ -83,7 +83,16 @@ def _levels(ordered: Sequence[TaskRequest]) -> list[list[TaskRequest]]:
     return levels
 
 
-def _place_one(state, scorer, task, preemption, assignments, preemptions, unplaced, failed) -> None:
+def _place_one(
+    state: PlanState,
+    scorer: Scorer,
+    task: TaskRequest,
+    preemption: bool,
+    assignments: list[Assignment],
+    preemptions: list[Preemption],
+    unplaced: list[Unplaced],
+    failed: dict[tuple, tuple[int, int]],
+) -> None:
     """The ordinary path: best node, else preemption, else a reason."""
     shape = scorer.shape_for(task)
     # Without evictions, free room only shrinks and later tasks are no more important, so a
