@@ -41,6 +41,7 @@ import json
 import logging
 import random
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,8 +166,10 @@ class RaftNode:
         self._prev_snapshot: Snapshot | None = None
         self._transfers: list[tuple[str, asyncio.Future]] = []
         self._synced: tuple[int, str] = (0, "")  # term and vote as last fsynced
-        # Counters for benchmarks and status pages.
-        self.stats = {"readies": 0, "fsyncs": 0, "proposals": 0, "applied": 0}
+        # Counters for benchmarks and status pages (exported by controller/observability).
+        self.stats = {"readies": 0, "fsyncs": 0, "proposals": 0, "applied": 0, "leader_changes": 0}
+        # Called with the seconds each WAL fsync batch took (metrics); None = not measured.
+        self.on_fsync: Callable[[float], None] | None = None
 
     # ---- lifecycle ----
 
@@ -290,6 +293,11 @@ class RaftNode:
     @property
     def applied_index(self) -> int:
         return self._applied
+
+    @property
+    def applied_term(self) -> int:
+        """Term of the entry at applied_index (what a snapshot taken now would be stamped with)."""
+        return self._applied_term
 
     @property
     def snapshot_index(self) -> int:
@@ -481,8 +489,11 @@ class RaftNode:
         hs = rd.hard_state
         if rd.entries or rd.snapshot is not None or (hs is not None and (hs.term, hs.vote) != self._synced):
             marker = (rd.snapshot.meta.index, rd.snapshot.meta.term) if rd.snapshot is not None else None
+            t0 = time.perf_counter()
             await asyncio.to_thread(self._wal.save, rd.entries, hs, marker)
             self.stats["fsyncs"] += 1
+            if self.on_fsync is not None:
+                self.on_fsync(time.perf_counter() - t0)
             if hs is not None:
                 self._synced = (hs.term, hs.vote)
         elif hs is not None:
@@ -519,6 +530,8 @@ class RaftNode:
     def _on_soft_state(self, leader: str, role: Role) -> None:
         if leader != self._leader:
             log.info("raft %s: leader is now %r (term %d)", self.cfg.id, leader, self._core.term)
+            if leader:
+                self.stats["leader_changes"] += 1
         self._leader, self._role = leader, role
         self._pending_transfer_done()
         leading = role == Role.LEADER
