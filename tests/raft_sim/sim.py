@@ -96,16 +96,20 @@ class Simulation:
         self.conf_done: set[int] = set()
         self.proposals = 0
         self.reads = 0
-        self.stats = {
-            "delivered": 0,
-            "dropped": 0,
-            "committed": 0,
-            "crashes": 0,
-            "snapshots_sent": 0,
-            "conf_changes": 0,
-            "elections": 0,
-            "reads_served": 0,
-        }
+        self.stats = dict.fromkeys(
+            (
+                "delivered",
+                "dropped",
+                "crashes",
+                "snapshots_sent",
+                "snapshots_installed",
+                "conf_changes",
+                "transfers",
+                "reads_served",
+                "compactions",
+            ),
+            0,
+        )
 
     # -- tracing ------------------------------------------------------------------
 
@@ -151,11 +155,14 @@ class Simulation:
                 net.append(Message(MsgType.SNAP_STATUS, m.to, m.frm, reject=not ok))
                 continue
             if (m.frm, m.to) in blocked or rng.random() < drop:
+                self.stats["dropped"] += 1
                 continue
             net.append(m)
             if rng.random() < dup:
                 net.append(m)
         if rd.snapshot is not None:
+            if rd.snapshot.meta.index > 1:
+                self.stats["snapshots_installed"] += 1
             node.install(rd.snapshot)
             chk.installed(node.id, node.applied, node.digest)
         for e in rd.committed_entries:
@@ -247,6 +254,7 @@ class Simulation:
             if (m.frm, m.to) in self.blocked and m.type != MsgType.SNAP_STATUS:
                 return
             self.log("deliver", m)
+            self.stats["delivered"] += 1
             n.core.step(m)
             self.after(n)
         elif r < 0.78:
@@ -301,6 +309,7 @@ class Simulation:
             if c.applied - c.log.snap_index >= self.cfg.compact_every and n.applied == c.applied:
                 snap = c.compact(c.applied, n.sm_snapshot())
                 n.storage.save_snapshot(snap)
+                self.stats["compactions"] += 1
                 self.log("compact", f"{n.id} @{c.applied}")
 
     def random_live(self) -> SimNode | None:
@@ -335,6 +344,7 @@ class Simulation:
             if ld is not None:
                 to = rng.choice(ld.core.voters)
                 ld.core.transfer_leadership(to)
+                self.stats["transfers"] += 1
                 self.log("transfer", f"{ld.id} -> {to}")
                 self.after(ld)
 
@@ -388,6 +398,8 @@ class Simulation:
                     self.check.logs_match([n.core for n in self.live()])
             self.check.logs_match([n.core for n in self.live()])
             self.liveness()
+            self.stats["committed"] = self.check.max_committed
+            self.stats["leader_terms"] = len(self.check.leaders)
         except SafetyViolation as e:
             raise self.fail(e.check, e.detail) from None
         except SimFailure:
