@@ -24,9 +24,10 @@ import time
 
 import pytest
 
+from lepton.errors import LeptonError
 from tests.support_netns import checks
 from tests.support_netns.nemesis import Nemesis
-from tests.support_netns.workload import Workload, wait_until
+from tests.support_netns.workload import Workload, resolve_unknowns, wait_until
 
 pytestmark = pytest.mark.netns
 pytest_plugins = ["tests.support_netns.fixtures"]
@@ -64,6 +65,17 @@ def run_fault_suite(lepton_netns, duration: float, report_path) -> dict:
         lep.net.heal()
     t_faults = time.monotonic()
     assert not workload.exceptions, f"the workload itself failed: {workload.exceptions!r}"
+    h = workload.history
+    operations = h.counts()  # before the unknown outcomes are resolved
+
+    # Retry every operation with an unknown outcome (same request id): idempotency across failovers.
+    liveness = []
+    if lep.find_leader(timeout=START_DEADLINE) is None:
+        liveness.append(f"liveness: no leader agreed within {START_DEADLINE:.0f}s of healing")
+    try:
+        resolve_unknowns(h, lep.api_addresses, timeout=30.0)
+    except LeptonError as exc:
+        liveness.append(f"liveness: retrying unknown outcomes after healing failed: {exc!r}")
 
     # Settle: a leader, every agent connected, no task on its way anywhere, for 5 s in a row.
     is_settled, settle_s, why = checks.wait_settled(lep, timeout=SETTLE_TIMEOUT)
@@ -76,7 +88,7 @@ def run_fault_suite(lepton_netns, duration: float, report_path) -> dict:
     while True:
         rounds += 1
         view = checks.leader_view(lep)
-        procs = checks.task_processes(lep)
+        procs = checks.task_processes(lep.net, lep.agents)
         findings = checks.check_history(workload.history, view, procs) if view else None
         if findings is not None and not findings.violations:
             break
@@ -87,9 +99,8 @@ def run_fault_suite(lepton_netns, duration: float, report_path) -> dict:
         findings = checks.Findings(violations=["no leader view after settling"])
     converge_s = time.monotonic() - t_faults - settle_s
     replica_violations, views = checks.compare_replicas(lep)
-    violations = findings.violations + replica_violations
+    violations = liveness + h.retry_violations + findings.violations + replica_violations
 
-    h = workload.history
     report = {
         "seed": seed,
         "nemesis_s": round(t_faults - t_up, 1),
@@ -99,7 +110,8 @@ def run_fault_suite(lepton_netns, duration: float, report_path) -> dict:
         "check_rounds": rounds,
         "converge_s": round(converge_s, 1),
         "total_s": round(time.monotonic() - t_start, 1),
-        "operations": h.counts(),
+        "operations": operations,
+        "unknown_outcomes_resolved": dict(h.resolved),
         "client_errors": dict(h.errors_by_kind),
         "faults_injected": dict(nemesis.injected),
         "faults_skipped": dict(nemesis.skipped),

@@ -29,6 +29,7 @@ import grpc
 from lepton.v1 import control_pb2, control_pb2_grpc, types_pb2
 
 from .lepton import LeptonOnNetns
+from .netns import NetnsCluster
 from .workload import History
 
 # Task states in which a task is on its way somewhere: the cluster has not settled while any remains.
@@ -92,16 +93,16 @@ def _zombie(pid: int) -> bool:
     return stat[stat.rfind(")") + 2 :].split()[:1] == ["Z"]
 
 
-def task_processes(lep: LeptonOnNetns) -> list[TaskProcess]:
-    """One entry per task copy running in any agent namespace (the top process of each copy).
+def task_processes(net: NetnsCluster, hosts: list[str]) -> list[TaskProcess]:
+    """One entry per task copy running in the namespaces of `hosts` (the top process of each copy).
 
     A task that forks keeps the variables in its children; only processes
     whose parent is not a copy of the same task count, so a shell wrapper
     and its child are one copy, not two.
     """
     out = []
-    for host in lep.agents:
-        pids = lep.net[host].pids()
+    for host in hosts:
+        pids = net[host].pids()
         envs = {pid: _environ(pid) for pid in pids if not _zombie(pid)}
         for pid, env in envs.items():
             tid = env.get("LEPTON_TASK_ID")

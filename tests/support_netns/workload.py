@@ -71,6 +71,9 @@ class History:
     cancels_unknown: set[str] = field(default_factory=set)
     cancels_rejected: dict[str, str] = field(default_factory=dict)
     errors_by_kind: dict[str, int] = field(default_factory=dict)
+    # After the faults, unknown outcomes are retried (same request id): what the retry found.
+    resolved: dict[str, int] = field(default_factory=dict)
+    retry_violations: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def note_error(self, exc: BaseException) -> None:
@@ -199,6 +202,51 @@ class Workload:
         with h.lock:
             h.cancels_unknown.discard(job_id)
             h.cancels_acked.add(job_id)
+
+
+def resolve_unknowns(history: History, addresses: list[str], timeout: float = 15.0) -> None:
+    """Retries every operation with an unknown outcome, once the faults are over.
+
+    First looks whether the lost attempt took effect (the job exists under
+    its unique name; the job is cancelled), then retries it: a submit with
+    its original request id must return the job the first attempt made, if
+    it made one, and never a second job; a cancel is a no-op the second time.
+    Afterwards every operation counts as acknowledged. What the retries found
+    lands in `history.resolved`; broken idempotency in `history.retry_violations`.
+    """
+
+    def bump(key: str) -> None:
+        history.resolved[key] = history.resolved.get(key, 0) + 1
+
+    with LeptonClient(addresses, timeout=timeout) as client:
+        with history.lock:
+            unknown = [s for s in history.submits.values() if s.outcome == "unknown"]
+            cancels = sorted(history.cancels_unknown - history.cancels_acked)
+        for sub in unknown:
+            try:
+                existing = client.get_job(sub.name).job
+            except errors.NotFound:
+                existing = None
+            detail = client.submit_job(sub.spec, request_id=sub.request_id)
+            bump("submit_had_happened" if existing is not None else "submit_had_not_happened")
+            if existing is not None and detail.job.id != existing.id:
+                history.retry_violations.append(
+                    f"1: retry of submit {sub.name} (request {sub.request_id}) made job {detail.job.id}; "
+                    f"the first attempt had made {existing.id}"
+                )
+            with history.lock:
+                sub.job_id, sub.outcome = detail.job.id, "acknowledged"
+        for job_id in cancels:
+            before = client.get_job(job_id).job
+            bump(
+                "cancel_had_happened"
+                if before.state == types_pb2.JOB_STATE_CANCELLED
+                else "cancel_had_not_happened"
+            )
+            client.cancel_job(job_id)
+            with history.lock:
+                history.cancels_unknown.discard(job_id)
+                history.cancels_acked.add(job_id)
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.5):
