@@ -47,7 +47,8 @@ def test_truncation_is_durable_across_reopen(tmp_path):
     assert st.entries == ents(1, 5) + ents(6, 6, term=2)
     w.save(ents(7, 8, term=2))
     w.close()
-    _, st = open_wal(tmp_path)
+    w, st = open_wal(tmp_path)
+    w.close()
     assert [e.index for e in st.entries] == list(range(1, 9))
     assert all(e.term == 2 for e in st.entries[5:])
 
@@ -68,7 +69,8 @@ def test_torn_tail_is_cut_at_last_good_record_and_logged(tmp_path, caplog):
     # The file was cut: appending continues cleanly after the last good record.
     w.save(ents(21, 21))
     w.close()
-    _, st = open_wal(tmp_path)
+    w, st = open_wal(tmp_path)
+    w.close()
     assert st.entries == ents(1, 21)
 
 
@@ -79,7 +81,8 @@ def test_garbage_appended_after_tail_is_cut(tmp_path, caplog):
     with open(newest_segment(tmp_path), "ab") as f:
         f.write(b"\x00" * 100)  # e.g. a preallocated, never written region
     with caplog.at_level(logging.WARNING):
-        _, st = open_wal(tmp_path)
+        w, st = open_wal(tmp_path)
+        w.close()
     assert st.entries == ents(1, 3)
     assert "cutting 100 bytes" in caplog.text
 
@@ -159,10 +162,11 @@ def test_snapshot_marker_resets_log(tmp_path):
     w.save(snapshot=(50, 4))
     w.save(ents(51, 52, term=4))
     w.close()
-    _, st = open_wal(tmp_path, snapshot_index=50)
+    w, st = open_wal(tmp_path, snapshot_index=50)
+    w.close()
     assert [e.index for e in st.entries] == [51, 52]
     assert (st.snapshot_index, st.snapshot_term) == (50, 4)
-    with pytest.raises(StorageError, match="snapshot"):
+    with pytest.raises(StorageError, match="newest valid snapshot file is at index 10"):
         open_wal(tmp_path, snapshot_index=10)
 
 
@@ -179,3 +183,12 @@ def test_snapshot_store_atomic_keep_two_and_fallback(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         snap = store.load_newest()
     assert snap.meta.index == 20 and "damaged snapshot" in caplog.text
+
+
+def test_directory_is_locked_against_a_second_writer(tmp_path):
+    w, _ = open_wal(tmp_path)
+    with pytest.raises(StorageError, match="in use by another process"):
+        open_wal(tmp_path)
+    w.close()
+    w, _ = open_wal(tmp_path)  # released by close()
+    w.close()

@@ -28,6 +28,7 @@ overwritten in those cases.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 FILE_MAGIC = b"LEPTNWAL"
 FORMAT_VERSION = 1
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+LOCK_NAME = "LOCK"
 
 REC_HEADER = 1
 REC_ENTRY = 2
@@ -175,6 +177,7 @@ class WAL:
         self.segment_bytes = segment_bytes
         self.fsync_enabled = fsync
         self._fd: int | None = None
+        self._lock_fd: int | None = None
         self._seq = 0
         self._size = 0
         self._seg_max: dict[int, int] = {}  # segment seq -> highest entry index written in it
@@ -193,7 +196,25 @@ class WAL:
                 # Make the new directory itself durable, not only its contents.
                 _fsync_dir(self.dir.parent)
                 _fsync_dir(self.dir.parent.parent)
-        segs = self._list_segments()
+        segs = self._list_segments()  # refuses a foreign directory before we write anything into it
+        self._lock()
+        try:
+            return self._replay(segs, snapshot_index, snapshot_term)
+        except BaseException:
+            self.close()
+            raise
+
+    def _lock(self) -> None:
+        """Takes an exclusive lock on the directory: two processes appending to one WAL would corrupt it."""
+        fd = os.open(self.dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StorageError(f"{self.dir} is in use by another process (cannot lock {LOCK_NAME})") from None
+        self._lock_fd = fd
+
+    def _replay(self, segs: list[tuple[int, Path]], snapshot_index: int, snapshot_term: int) -> WalState:
         state = WalState(snapshot_index=snapshot_index, snapshot_term=snapshot_term)
         base = snapshot_index
         entries: list[Entry] = []
@@ -251,7 +272,7 @@ class WAL:
             m = _SEG_NAME.match(p.name)
             if m:
                 segs.append((int(m.group(1)), p))
-            elif p.name.endswith(".tmp"):
+            elif p.name.endswith(".tmp") or p.name == LOCK_NAME:
                 continue
             else:
                 raise StorageError(
@@ -419,10 +440,15 @@ class WAL:
         return [p for _, p in self._list_segments()]
 
     def close(self) -> None:
-        if self._fd is not None:
-            try:
-                if self.fsync_enabled:
-                    os.fsync(self._fd)
-            finally:
-                os.close(self._fd)
-                self._fd = None
+        try:
+            if self._fd is not None:
+                try:
+                    if self.fsync_enabled:
+                        os.fsync(self._fd)
+                finally:
+                    os.close(self._fd)
+                    self._fd = None
+        finally:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the flock
+                self._lock_fd = None
