@@ -1,7 +1,10 @@
 """Raft benchmark: Lepton's Raft (3 kvdemo processes) beside etcd 3.4 (3 members), both on loopback, fsync on.
 
 Prints, for each system: sequential commits from one client (commits/s, p50
-and p99 latency), commits/s with 64 concurrent proposers, and leader SIGKILL
+and p99 latency), commits/s with 64 concurrent proposers, writes/s when each
+proposal carries a batch of writes (the shape of Lepton's control-plane
+work: one placement round commits all its assignments as one entry; for
+etcd one transaction of puts), and leader SIGKILL
 -> new leader elected and a write committed (p50 and max over the trials);
 then Lepton/etcd ratios. Both are driven by the same Python gRPC (asyncio)
 client, so client overhead is the same on both sides; etcd is reached through
@@ -69,6 +72,15 @@ class LeptonSystem:
 
         return put
 
+    def batch_putter(self, node: str):
+        stub = self.c.replicas[node].stub
+
+        async def put_many(keys: list[str]) -> None:
+            req = raft_pb2.KvPutManyRequest(puts=[raft_pb2.KvPutRequest(key=k, value=VALUE) for k in keys])
+            await stub.PutMany(req, timeout=10)
+
+        return put_many
+
     async def put_anywhere(self, key: str) -> None:
         await self.c.put(key, VALUE, within=30)
 
@@ -114,6 +126,14 @@ def _etcd_messages():
     )
     msg("PutRequest", ("key", 1, T.TYPE_BYTES, None), ("value", 2, T.TYPE_BYTES, None))
     msg("PutResponse", ("header", 1, T.TYPE_MESSAGE, ".etcdserverpb.ResponseHeader"))
+    msg("RequestOp", ("request_put", 2, T.TYPE_MESSAGE, ".etcdserverpb.PutRequest"))
+    msg("TxnRequest", ("success", 2, T.TYPE_MESSAGE, ".etcdserverpb.RequestOp"))
+    f.message_type[-1].field[0].label = T.LABEL_REPEATED
+    msg(
+        "TxnResponse",
+        ("header", 1, T.TYPE_MESSAGE, ".etcdserverpb.ResponseHeader"),
+        ("succeeded", 2, T.TYPE_BOOL, None),
+    )
     msg("StatusRequest")
     msg(
         "StatusResponse",
@@ -126,7 +146,15 @@ def _etcd_messages():
     pool = descriptor_pool.DescriptorPool()
     pool.Add(f)
     get = lambda n: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"etcdserverpb.{n}"))  # noqa: E731
-    return get("PutRequest"), get("PutResponse"), get("StatusRequest"), get("StatusResponse")
+    return (
+        get("PutRequest"),
+        get("PutResponse"),
+        get("StatusRequest"),
+        get("StatusResponse"),
+        get("RequestOp"),
+        get("TxnRequest"),
+        get("TxnResponse"),
+    )
 
 
 class EtcdSystem:
@@ -139,7 +167,9 @@ class EtcdSystem:
         self.peer = {i: free_port() for i in self.ids}
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.channels: dict[str, grpc.aio.Channel] = {}
-        self.PutReq, self.PutResp, self.StReq, self.StResp = _etcd_messages()
+        (self.PutReq, self.PutResp, self.StReq, self.StResp, self.Op, self.TxnReq, self.TxnResp) = (
+            _etcd_messages()
+        )
         self.member_of: dict[int, str] = {}
 
     def _args(self, i: str) -> list[str]:
@@ -206,6 +236,15 @@ class EtcdSystem:
             await call(self.PutReq(key=key.encode(), value=VALUE), timeout=10)
 
         return put
+
+    def batch_putter(self, node: str):
+        call = self._unary(node, "/etcdserverpb.KV/Txn", self.TxnResp)
+
+        async def put_many(keys: list[str]) -> None:
+            ops = [self.Op(request_put=self.PutReq(key=k.encode(), value=VALUE)) for k in keys]
+            await call(self.TxnReq(success=ops), timeout=10)
+
+        return put_many
 
     async def put_anywhere(self, key: str) -> None:
         # Ask the live members who leads and write there (as the Lepton client follows
@@ -295,6 +334,23 @@ async def measure(sys_, args) -> dict[str, float]:
         flush=True,
     )
 
+    put_many = sys_.batch_putter(leader)
+    per = args.batch_total // args.batch_concurrency
+
+    async def batch_worker(w: int) -> None:
+        for i in range(per):
+            await put_many([f"b{w}-{i}-{j}" for j in range(args.batch)])
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(batch_worker(w) for w in range(args.batch_concurrency)))
+    el = time.perf_counter() - t0
+    out["batch_writes_per_s"] = per * args.batch_concurrency * args.batch / el
+    print(
+        f"  [{sys_.name}] batches of {args.batch} writes ({args.batch_concurrency} concurrent proposers): "
+        f"{out['batch_writes_per_s']:.0f} writes/s",
+        flush=True,
+    )
+
     fails = []
     for t in range(args.trials):
         leader = await sys_.leader()
@@ -338,6 +394,7 @@ async def main_async(args) -> int:
         ("seq_p50_ms", "sequential latency p50 ms", False),
         ("seq_p99_ms", "sequential latency p99 ms", False),
         ("conc_commits_per_s", f"commits/s, {args.concurrency} concurrent proposers", True),
+        ("batch_writes_per_s", f"writes/s in batches of {args.batch} (one entry / one txn each)", True),
         ("failover_p50_ms", f"leader SIGKILL -> write committed, p50 ms ({args.trials} trials)", False),
         ("failover_max_ms", "leader SIGKILL -> write committed, max ms", False),
     ]
@@ -362,6 +419,9 @@ def main() -> int:
     ap.add_argument("--seq", type=int, default=500, help="sequential proposals")
     ap.add_argument("--conc-total", type=int, default=4000, help="proposals in the concurrent run")
     ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=50, help="writes per batched proposal (etcd: per txn)")
+    ap.add_argument("--batch-total", type=int, default=640, help="batched proposals in all")
+    ap.add_argument("--batch-concurrency", type=int, default=16)
     ap.add_argument("--trials", type=int, default=10, help="leader-kill trials")
     ap.add_argument("--skip-etcd", action="store_true")
     args = ap.parse_args()

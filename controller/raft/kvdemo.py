@@ -33,10 +33,12 @@ from lepton.v1 import raft_pb2, raft_pb2_grpc
 from .node import RaftConfig, RaftNode
 
 _LEN = struct.Struct("<I")
+_BATCH = 0xFFFFFFFF  # first word of a batch command (no key is 4 GiB long)
 
 
 class KvStateMachine:
-    """Commands are ``<u32 key length><key><value>``; apply returns the index it was applied at."""
+    """Commands: one put ``<u32 key length><key><value>``, or a batch ``<u32 0xFFFFFFFF><u32 n>``
+    then n × ``<u32 key length><key><u32 value length><value>``. apply returns the entry's index."""
 
     def __init__(self) -> None:
         self.data: dict[str, bytes] = {}
@@ -46,9 +48,28 @@ class KvStateMachine:
         k = key.encode()
         return _LEN.pack(len(k)) + k + value
 
+    @staticmethod
+    def encode_put_many(items: list[tuple[str, bytes]]) -> bytes:
+        parts = [_LEN.pack(_BATCH), _LEN.pack(len(items))]
+        for k, v in items:
+            kb = k.encode()
+            parts += [_LEN.pack(len(kb)), kb, _LEN.pack(len(v)), v]
+        return b"".join(parts)
+
     def apply(self, index: int, term: int, data: bytes) -> object:
         (n,) = _LEN.unpack_from(data)
-        self.data[data[4 : 4 + n].decode()] = data[4 + n :]
+        if n != _BATCH:
+            self.data[data[4 : 4 + n].decode()] = data[4 + n :]
+            return index
+        (count,) = _LEN.unpack_from(data, 4)
+        p = 8
+        for _ in range(count):
+            (kl,) = _LEN.unpack_from(data, p)
+            k = data[p + 4 : p + 4 + kl].decode()
+            p += 4 + kl
+            (vl,) = _LEN.unpack_from(data, p)
+            self.data[k] = data[p + 4 : p + 4 + vl]
+            p += 4 + vl
         return index
 
     def snapshot(self) -> bytes:
@@ -83,6 +104,14 @@ class KvServicer(raft_pb2_grpc.KvDemoServicer):
     async def Put(self, request, context):  # noqa: N802 (gRPC method name)
         try:
             index = await self.node.propose(KvStateMachine.encode_put(request.key, request.value))
+        except LeptonError as e:
+            await abort(context, e)
+        return raft_pb2.KvPutResponse(index=index)
+
+    async def PutMany(self, request, context):  # noqa: N802
+        items = [(p.key, p.value) for p in request.puts]
+        try:
+            index = await self.node.propose(KvStateMachine.encode_put_many(items))
         except LeptonError as e:
             await abort(context, e)
         return raft_pb2.KvPutResponse(index=index)
