@@ -65,6 +65,12 @@ class PermissionDenied(LeptonError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class ResourceExhausted(LeptonError):
+    """A bound was hit (message size, jobs or tasks the cluster holds)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class NotLeader(LeptonError):
     """This replica is not the leader. Retry at `leader_api_address` (may be empty)."""
 
@@ -96,6 +102,7 @@ _BY_CODE: dict[grpc.StatusCode, type[LeptonError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: OutcomeUnknown,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
 }
 
 
