@@ -25,6 +25,7 @@ import logging
 import grpc
 
 from controller.control_service import reject_malformed
+from controller.security import identity
 from controller.server import Malformed
 from controller.state import commands, validate
 from lepton.errors import InvalidArgument, LeptonError, NotFound, NotLeader, abort
@@ -106,6 +107,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         hello = first.hello
         body = commands.register_node_from_hello(hello)
         validate.validate_register_node(body)
+        # Who may be this node: its agent token and its client certificate must say so.
+        identity.check_agent_node(hello.node_id, context.peer())
         await r.propose(body)
         node_id = hello.node_id
         session = r.sessions.open(node_id)
@@ -168,7 +171,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                         tracker.reconcile(msg.report.task_states)
                 elif kind == "task_event":
                     upd = update_from_event(session.node_id, msg.task_event)
-                    if upd is not None:
+                    if upd is not None and tracker.concerns_node(upd.task_id):
                         tracker.submit(upd)
                 # A second Hello or an unknown kind (newer agent) is ignored.
         except (grpc.RpcError, asyncio.CancelledError):
@@ -189,6 +192,18 @@ class _TaskTracker:
         self.node_id = node_id
         self._chains: dict[str, asyncio.Task] = {}
         self._proposed: dict[tuple[str, int], int] = {}
+
+    def concerns_node(self, task_id: str) -> bool:
+        """Only events about tasks placed (or migrating) here are proposed.
+
+        apply would ignore the rest anyway, but then only after they were
+        committed: a confused or hostile agent must not fill the Raft log.
+        """
+        try:
+            task = self.r.state.task(task_id)
+        except (NotFound, LeptonError):
+            return False
+        return self.node_id in (task.node_id, task.migrating_to)
 
     def submit(self, upd: commands_pb2.TaskUpdate) -> None:
         key = (upd.task_id, upd.attempt)

@@ -66,6 +66,20 @@ class ControllerConfig:
     max_message_bytes: int = 4 * 1024 * 1024
     log_level: str = "INFO"
     dev: bool = False
+    # Observability and backup (docs/observability.md, docs/backup.md).
+    metrics_listen: str = ""  # HTTP /metrics + /healthz; "" = off
+    log_format: str = "text"  # text | json
+    restore: Path | None = None  # seed an empty data dir from this backup file, then run
+    # Security (docs/security.md). TLS is on when tls_cert is set; Raft peers
+    # then always use mutual TLS. Without TLS only loopback addresses are
+    # allowed unless `insecure`.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    tls_client_certs: str = "require"  # API port: require | none (see security.md)
+    tokens_file: Path | None = None
+    token: str = field(default="", repr=False)  # what this replica presents to other replicas
+    insecure: bool = False
 
     @property
     def api_address(self) -> str:
@@ -137,6 +151,20 @@ def _peers(text: str | dict) -> dict[str, str]:
     return out
 
 
+def _client_certs(text: str) -> str:
+    s = str(text).strip().lower()
+    if s not in ("require", "none"):
+        raise ValueError(f"expected require or none, got {text!r}")
+    return s
+
+
+def _log_format(text: str) -> str:
+    s = str(text).strip().lower()
+    if s not in ("text", "json"):
+        raise ValueError(f"expected text or json, got {text!r}")
+    return s
+
+
 def _level(text: str) -> str:
     s = str(text).upper()
     if s not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -171,6 +199,18 @@ _SETTINGS: dict[str, tuple] = {
     "grace": (_duration, "shutdown grace for in-flight RPCs (default 2s)"),
     "max_message_bytes": (_pos_int, "largest gRPC message accepted (default 4 MiB)"),
     "log_level": (_level, "DEBUG, INFO, WARNING or ERROR (default INFO)"),
+    "log_format": (_log_format, "text (default) or json: one JSON object per line"),
+    "metrics_listen": (_address, "HTTP address for /metrics and /healthz, e.g. 127.0.0.1:9101 (default off)"),
+    "restore": (Path, "seed the empty --data-dir from this backup file, then run (docs/backup.md)"),
+    "tls_cert": (Path, "PEM certificate of this replica (turns TLS on for the API and Raft)"),
+    "tls_key": (Path, "PEM private key of --tls-cert"),
+    "tls_ca": (Path, "PEM CA bundle that signs peer, agent and client certificates"),
+    "tls_client_certs": (
+        _client_certs,
+        "API port: require (mutual TLS for agents and clients, default) or none (tokens only)",
+    ),
+    "tokens_file": (Path, "YAML/JSON file of role tokens (name, role, sha256, node); none = auth off"),
+    "token": (str, "bearer token this replica presents to other replicas (operator role)"),
 }
 
 
@@ -199,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dev", action="store_true", help="one-replica controller in a temp dir plus a local agent"
     )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plain-text (no TLS) on non-loopback addresses (env LEPTON_INSECURE=1)",
+    )
     for name, (_parse, help_) in _SETTINGS.items():
         # Every flag is a string here so that one parser validates flags, env and YAML alike.
         p.add_argument("--" + name.replace("_", "-"), dest=name, metavar="VALUE", help=help_, default=None)
@@ -223,6 +268,10 @@ def load(argv: list[str] | None = None, env: dict[str, str] | None = None) -> Co
         if raw is not None:
             _set(cfg, name, raw, "flag")
     cfg.dev = bool(args.dev) or _bool(env.get("LEPTON_DEV", "") or False)
+    try:
+        cfg.insecure = cfg.insecure or bool(args.insecure) or _bool(env.get("LEPTON_INSECURE", "") or False)
+    except ValueError as e:
+        raise ConfigError(f"environment LEPTON_INSECURE: {e}") from None
     validate(cfg)
     return cfg
 
@@ -240,8 +289,11 @@ def _apply_yaml(cfg: ControllerConfig, path: Path) -> None:
         raise ConfigError(f"config file {path}: expected a mapping of settings at the top level")
     for key, raw in doc.items():
         name = str(key).replace("-", "_")
-        if name == "dev":
-            cfg.dev = _bool(raw)
+        if name in ("dev", "insecure"):
+            try:
+                setattr(cfg, name, _bool(raw))
+            except ValueError as e:
+                raise ConfigError(f"config file {path}: {key}: {e}") from None
             continue
         if name not in _SETTINGS:
             raise ConfigError(f"config file {path}: unknown setting {key!r}")
@@ -252,6 +304,7 @@ def _apply_yaml(cfg: ControllerConfig, path: Path) -> None:
 
 def validate(cfg: ControllerConfig) -> None:
     """Cross-field checks that single-value parsers cannot make."""
+    validate_security(cfg)
     if cfg.dev:
         # --dev fills in id, peers and data dir itself (see controller/dev.py).
         return
@@ -269,6 +322,32 @@ def validate(cfg: ControllerConfig) -> None:
         )
     if cfg.heartbeat_ticks >= cfg.election_ticks:
         raise ConfigError("--heartbeat-ticks must be smaller than --election-ticks")
+
+
+def validate_security(cfg: ControllerConfig) -> None:
+    """TLS files usable, tokens file readable, and plain text only on loopback unless --insecure."""
+    from controller.security.identity import is_loopback
+    from controller.security.tokens import TokenStore
+    from lepton import tls
+    from lepton.errors import InvalidArgument
+
+    files = tls.TLSFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
+    try:
+        files.check(need_cert=True)
+        if files.enabled and files.ca is None:
+            raise InvalidArgument("TLS needs --tls-ca too: Raft peers authenticate each other with it")
+        if cfg.tokens_file is not None:
+            TokenStore.load(cfg.tokens_file)
+    except InvalidArgument as e:
+        raise ConfigError(str(e)) from None
+    if files.enabled or cfg.insecure:
+        return
+    for flag, address in (("--listen", cfg.listen), ("--raft-listen", cfg.raft_listen)):
+        if not is_loopback(address):
+            raise ConfigError(
+                f"refusing to serve plain text on {flag} {address}: give --tls-cert, --tls-key and "
+                "--tls-ca, or --insecure (LEPTON_INSECURE=1) to accept unauthenticated traffic"
+            )
 
 
 def settings_table() -> list[tuple[str, str, str]]:

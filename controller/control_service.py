@@ -18,6 +18,7 @@ import secrets
 import grpc
 
 from controller import rebalancing
+from controller.security import identity, limits
 from controller.server import Malformed
 from controller.state import validate
 from lepton.errors import AlreadyExists, FailedPrecondition, InvalidArgument, LeptonError, NotFound, abort
@@ -156,6 +157,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
     @rpc
     async def RegisterMember(self, request, context):
         _check_id(request.id, "member id")
+        identity.check_register_member(request.id, context.peer())
         if request.id not in self.r.node.members():
             raise InvalidArgument(f"{request.id!r} is not a member of this cluster")
         for value, what in ((request.api_address, "api_address"), (request.raft_address, "raft_address")):
@@ -259,6 +261,7 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             raise AlreadyExists(
                 f"a job named {request.spec.name!r} already exists ({same_name.id}); cancel it first"
             )
+        limits.check_submit(self.r.state, request.spec.count)
         job_id = new_job_id(self.r.clock.now_ms())
         body = commands_pb2.SubmitJob(job_id=job_id, spec=request.spec)
         validate.validate_submit(body, request.request_id)
@@ -361,3 +364,16 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             for ev in self.r.state.events(since_seq=seq, **filters):
                 seq = max(seq, ev.seq)
                 yield ev
+
+    # ---- backup -----------------------------------------------------------
+
+    async def SaveSnapshot(self, request, context):
+        """Header chunk, then the state (controller/backup.py): leader only, after a read barrier."""
+        from controller import backup
+
+        try:
+            reject_malformed(request)
+            async for chunk in backup.snapshot_chunks(self.r):
+                yield chunk
+        except LeptonError as e:
+            await abort(context, e)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 
 from controller.config import Clock, ControllerConfig
+from controller.security import setup as security_setup
 from controller.sessions import SessionRegistry
 from controller.state import commands
 from lepton.errors import LeptonError, NotLeader, Unavailable
@@ -63,6 +65,7 @@ class Replica:
         self.state = state
         self.node = node
         self.sessions = sessions
+        self.metrics = None  # ControllerMetrics once observability is wired (None in bare tests)
 
     @property
     def id(self) -> str:
@@ -102,12 +105,19 @@ class Replica:
     async def propose(self, body, *, plan_term: int = 0, request_id: str = "", timeout: float | None = None):  # noqa: ASYNC109
         """Proposes one command; returns apply's result or raises the LeptonError it maps to."""
         cmd = commands.command(body, time_ms=self.clock.now_ms(), plan_term=plan_term, request_id=request_id)
+        t0 = time.perf_counter()
         try:
             result = await self.node.propose(
                 commands.encode(cmd), timeout=timeout or self.cfg.proposal_timeout
             )
-        except NotLeader:
-            raise self.not_leader() from None
+        except LeptonError as e:
+            if self.metrics is not None:
+                self.metrics.observe_proposal(0.0, e)
+            if isinstance(e, NotLeader):
+                raise self.not_leader() from None
+            raise
+        if self.metrics is not None:
+            self.metrics.observe_proposal(time.perf_counter() - t0)
         return commands.raise_if_error(result)
 
     async def read(self, stale: bool) -> None:
@@ -189,6 +199,7 @@ class ControllerServer:
         self.port = 0
         self.replica: Replica | None = None
         self.leader_loops = None
+        self.obs = None  # controller.observability.Observability
         self._bg: list[asyncio.Task] = []
 
     @property
@@ -201,6 +212,7 @@ class ControllerServer:
             return self._node_factory(self.cfg, sm)
         from controller.raft.node import RaftConfig, RaftNode
 
+        raft_server_creds, raft_channel_creds = security_setup.raft_credentials(self.cfg)
         rc = RaftConfig(
             id=self.cfg.id,
             peers=dict(self.cfg.peers),
@@ -211,6 +223,8 @@ class ControllerServer:
             heartbeat_ticks=self.cfg.heartbeat_ticks,
             snapshot_entries=self.cfg.snapshot_entries,
             fsync=self.cfg.fsync,
+            server_credentials=raft_server_creds,
+            channel_credentials=raft_channel_creds,
         )
         return RaftNode(rc, sm)
 
@@ -218,6 +232,7 @@ class ControllerServer:
         from controller.agent_service import AgentServicer
         from controller.control_service import ControlServicer
         from controller.leader import LeaderLoops
+        from controller.observability import Observability
         from controller.state import ClusterState
 
         sessions = SessionRegistry()
@@ -232,15 +247,24 @@ class ControllerServer:
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ("grpc.so_reuseport", 0),
         ]
-        server = grpc.aio.server(options=opts)
+        security_setup.warn_if_insecure(self.cfg)
+        self.obs = Observability(self.cfg.metrics_listen)
+        # The metrics interceptor goes first (outermost) so refused calls are counted too.
+        interceptors = [self.obs.interceptor, *security_setup.interceptors(self.cfg)]
+        server = grpc.aio.server(options=opts, interceptors=interceptors)
         add_tolerant_service(
             server, control_pb2.DESCRIPTOR.services_by_name["ControlService"], ControlServicer(replica)
         )
         add_tolerant_service(
             server, agent_pb2.DESCRIPTOR.services_by_name["AgentService"], AgentServicer(replica)
         )
+        self.obs.register(server, replica)  # grpc.health.v1 + reflection on the API port
         try:
-            self.port = server.add_insecure_port(self.cfg.listen)
+            creds = security_setup.api_credentials(self.cfg)
+            if creds is not None:
+                self.port = server.add_secure_port(self.cfg.listen, creds)
+            else:
+                self.port = server.add_insecure_port(self.cfg.listen)
         except RuntimeError as e:
             raise Unavailable(f"cannot listen on {self.cfg.listen}: {e}") from None
         if self.port == 0:
@@ -264,10 +288,13 @@ class ControllerServer:
         if port == "0" and getattr(node, "raft_port", 0):
             # --raft-listen ...:0 (dev, tests): register the port Raft really got.
             self.cfg.raft_listen = f"{host}:{node.raft_port}"
+        await self.obs.start(replica)
         self._bg.append(asyncio.create_task(self._register_member_loop(), name="register-member"))
         log.info("controller %s serving API on %s (raft %s)", self.cfg.id, self.address, self.cfg.raft_listen)
 
     async def stop(self) -> None:
+        if self.obs is not None:
+            await self.obs.stop()  # health says NOT_SERVING before anything goes away
         for t in self._bg:
             t.cancel()
         for t in self._bg:
@@ -303,7 +330,7 @@ class ControllerServer:
             if not target:
                 continue
             try:
-                async with grpc.aio.insecure_channel(target) as ch:
+                async with security_setup.peer_channel(self.cfg, target) as ch:
                     stub = control_pb2_grpc.ControlServiceStub(ch)
                     await stub.RegisterMember(
                         control_pb2.RegisterMemberRequest(
@@ -312,6 +339,7 @@ class ControllerServer:
                             raft_address=self.cfg.raft_listen,
                         ),
                         timeout=self.cfg.proposal_timeout,
+                        metadata=security_setup.peer_metadata(self.cfg),
                     )
             except (grpc.RpcError, LeptonError) as e:
                 log.debug("registering with leader at %s failed: %s", target, e)
