@@ -50,6 +50,9 @@ _CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
+    # gRPC's default 4 MiB receive limit would fail `tasks list` on a large
+    # cluster; match what the controller may send (64 MiB).
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 )
 
 # Tasks in these states still occupy a node; a drain is done when none is left.

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 import grpc
 
-from lepton import __version__, errors
+from lepton import __version__, errors, tls
 from lepton.client import DEFAULT_CONTROLLERS, LeptonClient
-from leptonctl import commands, completion, render, top
+from leptonctl import certs, commands, completion, render, top
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # anything not listed below
@@ -75,6 +75,14 @@ def _add_globals(p: argparse.ArgumentParser, top_level: bool) -> None:
     g.add_argument(
         "--timeout", default=d("10s"), metavar="D", help="deadline of each request, e.g. 5s (default 10s)"
     )
+    g.add_argument("--token", default=d(None), metavar="TOKEN", help="bearer token (env LEPTON_TOKEN)")
+    g.add_argument(
+        "--tls-ca", default=d(None), metavar="FILE", help="CA bundle; turns TLS on (env LEPTON_TLS_CA)"
+    )
+    g.add_argument(
+        "--tls-cert", default=d(None), metavar="FILE", help="client certificate (env LEPTON_TLS_CERT)"
+    )
+    g.add_argument("--tls-key", default=d(None), metavar="FILE", help="its private key (env LEPTON_TLS_KEY)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,10 +197,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="print one frame and exit")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
 
+    certs.add_parser(nouns)
+
     p = nouns.add_parser("completion", help="print a shell completion script")
     p.add_argument("shell", choices=("bash", "zsh"))
     p.set_defaults(fn=None)
     return parser
+
+
+def credentials_from(args: argparse.Namespace, env) -> tuple[str | None, grpc.ChannelCredentials | None]:
+    """--token / --tls-* (or LEPTON_TOKEN / LEPTON_TLS_*) -> what LeptonClient takes."""
+    token = getattr(args, "token", None) or env.get("LEPTON_TOKEN") or None
+    files = tls.TLSFiles.from_values(
+        getattr(args, "tls_cert", None) or env.get("LEPTON_TLS_CERT"),
+        getattr(args, "tls_key", None) or env.get("LEPTON_TLS_KEY"),
+        getattr(args, "tls_ca", None) or env.get("LEPTON_TLS_CA"),
+    )
+    return token, (tls.channel_credentials(files) if files.enabled else None)
 
 
 def _split_trailing_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
@@ -224,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.noun == "completion":
             sys.stdout.write(completion.script(args.shell, parser))
             return EXIT_OK
+        if args.noun == "certs":
+            return certs.run(args)
         try:
             timeout = commands.units.parse_duration(args.timeout)
         except ValueError as e:
@@ -231,7 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if timeout <= 0:
             raise UsageError("--timeout must be positive")
         controllers = args.controllers or os.environ.get("LEPTON_CONTROLLERS") or DEFAULT_CONTROLLERS
-        with LeptonClient(controllers, timeout=timeout) as client:
+        token, credentials = credentials_from(args, os.environ)
+        with LeptonClient(controllers, timeout=timeout, token=token, credentials=credentials) as client:
             return args.fn(client, args)
     except UsageError as e:
         _err(e)
