@@ -19,13 +19,10 @@ from lepton.errors import LeptonError
 log = logging.getLogger("lepton.controller")
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("grpc").setLevel(logging.WARNING)
+def setup_logging(level: str, fmt: str = "text") -> None:
+    from controller.observability import logs
+
+    logs.setup(level, fmt)
 
 
 async def run(cfg: ControllerConfig, stop: asyncio.Event | None = None) -> None:
@@ -37,10 +34,21 @@ async def run(cfg: ControllerConfig, stop: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = ControllerServer(cfg)
+    from controller.observability import logs
+
+    # Every line says which replica wrote it and in which Raft term.
+    logs.add_context(
+        {"controller": cfg.id},
+        {"term": lambda: server.replica.node.term if server.replica is not None else None},
+    )
     try:
         await server.start()
         # Tests and scripts started with --listen ...:0 learn the real port from this line.
-        print(f"lepton-controller {cfg.id} listening on {server.address}", file=sys.stderr, flush=True)
+        if cfg.log_format == "json":
+            # Keep stderr one JSON object per line; the message text is the same.
+            log.info("lepton-controller %s listening on %s", cfg.id, server.address)
+        else:
+            print(f"lepton-controller {cfg.id} listening on {server.address}", file=sys.stderr, flush=True)
         await stop.wait()
         log.info("shutting down")
     finally:
@@ -53,7 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"lepton-controller: error: {e}", file=sys.stderr)
         return 2
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_format)
+    if cfg.restore is not None and not cfg.dev:
+        from controller.backup import seed_data_dir
+
+        try:
+            seed_data_dir(cfg.restore, cfg.data_dir, cfg.id, cfg.peers, fsync=cfg.fsync)
+        except (LeptonError, OSError) as e:
+            print(f"lepton-controller: error: cannot restore: {e}", file=sys.stderr)
+            return 1
     try:
         if cfg.dev:
             from controller.dev import run_dev

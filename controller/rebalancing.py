@@ -119,6 +119,8 @@ async def apply_plan(replica, max_moves: int = 0, term: int | None = None) -> co
         try:
             await replica.propose(body, plan_term=term)
             mem.last_moved_ms[m.task_id] = replica.clock.now_ms()
+            if getattr(replica, "metrics", None) is not None:
+                replica.metrics.observe_moves("rebalance")
         except LeptonError as e:
             msg.notes.append(f"move of {m.task_id} not applied: {e}")
     return msg

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable, Mapping
 
 from controller.placement import (
@@ -190,14 +191,22 @@ async def placement_round(replica, term: int, policy: Policy = Policy.BINPACK) -
     view = build_view(state.nodes(), all_tasks, jobs, live_usage_of(replica))
     # A task moved stop-then-start by the rebalancer must not land back on the hot node it left.
     moved_off = [t.id for t in pending if state.preferred_node(t.id)]
+    t0 = time.perf_counter()
     plan = place(view, task_requests(pending, jobs, moved_off), policy)
+    plan_seconds = time.perf_counter() - t0
     replica.sessions.unplaced = {u.task_id: u.reason for u in plan.unplaced}
+    metrics = getattr(replica, "metrics", None)
     if not plan.assignments and not plan.preemptions:
+        if metrics is not None:
+            metrics.observe_placement(plan_seconds, 0, 0, [u.counts for u in plan.unplaced])
         return 0
     body = plan_body(plan, {t.id: t for t in pending}, {t.id: t for t in all_tasks}, MAX_ASSIGNMENTS_PER_PLAN)
     result = await replica.propose(body, plan_term=term)
     applied = len(getattr(result, "applied", body.assignments))
     skipped = getattr(result, "skipped", ())
+    if metrics is not None:
+        preempted = len(getattr(result, "preempted", body.preemptions))
+        metrics.observe_placement(plan_seconds, applied, preempted, [u.counts for u in plan.unplaced])
     log.info(
         "placement round (term %d): %d assigned, %d preempted, %d unplaced, %d skipped by apply",
         term,
@@ -205,6 +214,7 @@ async def placement_round(replica, term: int, policy: Policy = Policy.BINPACK) -
         len(getattr(result, "preempted", body.preemptions)),
         len(plan.unplaced),
         len(skipped),
+        extra={"term": term},
     )
     for task_id, why in skipped[:5]:
         log.info("plan item for %s skipped: %s", task_id, why)
@@ -283,6 +293,8 @@ async def drain_round(replica, term: int, policy: Policy = Policy.BINPACK) -> in
         try:
             await replica.propose(body, plan_term=term)
             started += 1
+            if getattr(replica, "metrics", None) is not None:
+                replica.metrics.observe_moves("drain")
         except NotLeader:
             raise
         except LeptonError as e:

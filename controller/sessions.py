@@ -85,6 +85,7 @@ class SessionRegistry:
         # task id -> why the last placement round could not place it (soft state:
         # explanations for `jobs show`, recomputed every round, never replicated).
         self.unplaced: dict[str, str] = {}
+        self.metrics = None  # ControllerMetrics (observability), when wired
 
     # --- streams -------------------------------------------------------
 
@@ -151,6 +152,8 @@ class SessionRegistry:
         live.task_usage = {t.task_id: t for t in report.tasks}
         u = report.usage
         live.history.append((report.time_ms or now_ms, u.cpu_millis, u.memory_used_bytes, u.network_mbps))
+        if self.metrics is not None:
+            self.metrics.observe_report(report.time_ms, now_ms)
 
     def touch(self, node_id: str, mono_now: float, now_ms: int) -> None:
         """A Hello counts as a sign of life too."""
