@@ -46,7 +46,7 @@ async def snapshot_chunks(replica) -> AsyncIterator[control_pb2.SnapshotChunk]:
     header = control_pb2.SnapshotHeader(
         format_version=backup.FORMAT_VERSION,
         applied_index=node.applied_index,
-        applied_term=node.applied_term,
+        applied_term=getattr(node, "applied_term", 0) or node.term,  # Raft stand-ins lack it
         sha256=backup.sha256_hex(data),
         size_bytes=len(data),
         digest=state.digest(),

@@ -360,6 +360,33 @@ class LeptonClient:
     def apply_rebalance(self, max_moves: int = 0) -> control_pb2.RebalancePlan:
         return self._invoke("ApplyRebalance", control_pb2.RebalanceRequest(max_moves=max_moves))
 
+    # -- backup ----------------------------------------------------------------
+
+    def save_snapshot(self) -> tuple[control_pb2.SnapshotHeader, bytes]:
+        """A consistent copy of the whole cluster state, taken on the leader: (header, state bytes).
+
+        Verifies the checksum (lepton.backup.BackupError if the transfer was
+        damaged); `lepton.backup.write_file(path, header, data)` stores it.
+        """
+        from lepton import backup
+
+        def attempt(address: str, remaining: float) -> tuple[control_pb2.SnapshotHeader, bytes]:
+            call = self._stub(address).SaveSnapshot(
+                control_pb2.SaveSnapshotRequest(), timeout=remaining, metadata=self._metadata
+            )
+            header, parts = None, []
+            for chunk in call:
+                if chunk.HasField("header"):
+                    header = chunk.header
+                parts.append(chunk.data)
+            if header is None:
+                raise errors.Unavailable(f"{address} sent a snapshot without a header")
+            data = b"".join(parts)
+            backup.verify(header, data)
+            return header, data
+
+        return self._with_failover("SaveSnapshot", attempt)
+
     # -- events ----------------------------------------------------------------
 
     def watch_events(

@@ -17,7 +17,7 @@ import grpc
 
 from lepton import __version__, errors, tls
 from lepton.client import DEFAULT_CONTROLLERS, LeptonClient
-from leptonctl import certs, commands, completion, render, top
+from leptonctl import certs, commands, completion, render, snapshot, top
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # anything not listed below
@@ -113,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
         cluster, "status", commands.cluster_status, "leader, term, commit index, members, totals", stale=True
     )
     verb(cluster, "members", commands.cluster_members, "the controller replicas and their roles", stale=True)
+    p = cluster.add_parser("snapshot", help="back up the cluster state (docs/backup.md)")
+    snap = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, fn, what in (
+        ("save", snapshot.save, "write a consistent snapshot of the whole cluster state to FILE"),
+        ("inspect", snapshot.inspect, "verify a backup FILE and show its header (offline)"),
+    ):
+        p = snap.add_parser(name, help=what, description=what)
+        _add_globals(p, top_level=False)
+        p.set_defaults(fn=fn)
+        p.add_argument("file")
 
     nodes = noun("nodes", "machines running lepton-agent")
     verb(nodes, "list", commands.nodes_list, "every node with its state and reservations", stale=True)
