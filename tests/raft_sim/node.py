@@ -52,7 +52,7 @@ class SimStorage:
 class SimNode:
     """A replica's process: alive or crashed; its core is rebuilt from storage on restart."""
 
-    __slots__ = ("id", "storage", "core", "alive", "applied", "digest", "removed", "_opts")
+    __slots__ = ("id", "storage", "core", "alive", "applied", "digest", "removed", "inflight", "_opts")
 
     def __init__(self, node_id: str, voters: tuple[str, ...], opts: dict) -> None:
         self.id = node_id
@@ -60,6 +60,7 @@ class SimNode:
         self._opts = opts
         self.alive = True
         self.removed = False
+        self.inflight: Ready | None = None  # persisted, not yet sent/applied/advanced
         self.core = RaftCore(node_id, voters, **opts)
         self.applied = 0  # state machine's applied index
         self.digest = 0  # CRC chain over applied NORMAL commands
@@ -67,6 +68,7 @@ class SimNode:
     def crash(self) -> None:
         """Loses the core's memory: unpersisted entries, unsent messages, unapplied state."""
         self.alive = False
+        self.inflight = None
         self.core = None  # type: ignore[assignment]
 
     def restart(self) -> None:

@@ -31,6 +31,7 @@ class SimConfig:
     drop: float = 0.05  # probability a sent message is lost
     dup: float = 0.02  # probability a sent message is delivered twice
     p_drive_now: float = 0.85  # the driver usually runs right after a node changes
+    p_split_ready: float = 0.1  # a persisted Ready is sent/applied/advanced only at a later drive
     compact_every: int = 20  # a node compacts when this many entries are applied past its snapshot
     liveness_ticks: int = 400
     trace_len: int = 40
@@ -133,17 +134,26 @@ class Simulation:
 
     def drive(self, node: SimNode, crash_after_persist: bool = False) -> None:
         core = node.core
-        if not core.has_ready():
-            return
-        rd = core.ready()
         chk = self.check
-        node.storage.persist(rd)
-        if rd.entries:
-            chk.persisted(node.id, rd.entries)
-        if crash_after_persist:
-            self.log("crash-after-fsync", node.id)
-            self.crash(node)
-            return
+        rd = node.inflight
+        if rd is None:
+            if not core.has_ready():
+                return
+            rd = core.ready()
+            node.storage.persist(rd)
+            if rd.entries:
+                chk.persisted(node.id, rd.entries)
+            if crash_after_persist:
+                self.log("crash-after-fsync", node.id)
+                self.crash(node)
+                return
+            if self.rng.random() < self.cfg.p_split_ready:
+                # An asynchronous driver: messages and ticks reach the core
+                # between ready() and advance(); the batch finishes at a later drive.
+                node.inflight = rd
+                return
+        else:
+            node.inflight = None
         blocked, net, rng, drop, dup = self.blocked, self.net, self.rng, self.cfg.drop, self.cfg.dup
         for m in rd.messages:
             if m.type == MsgType.SNAP:
@@ -432,7 +442,7 @@ class Simulation:
     def liveness(self) -> None:
         """Faults stop: a leader must emerge and commit a proposal on every live member."""
         cfg = self.cfg
-        cfg.drop = cfg.dup = 0.0
+        cfg.drop = cfg.dup = cfg.p_split_ready = 0.0
         self.blocked = set()
         self.log("faults-stop", "")
         for n in self.nodes.values():
