@@ -530,3 +530,25 @@ def test_ready_persist_before_send_contract() -> None:
     rd = c.ready()
     assert rd.hard_state == HardState(2, "n1", 1)
     assert [(m.type, m.reject) for m in rd.messages] == [(MsgType.VOTE_RESP, False)]
+
+
+def test_stale_shorter_append_does_not_truncate() -> None:
+    """A reordered/duplicated older AppendEntries must not cut entries already acknowledged."""
+    c = core("n2", (), snapshot=BOOT, hard_state=HardState(2, "n1", 1))
+    e2, e3, e4 = (Entry(2, i, EntryType.NORMAL, b"%d" % i) for i in (2, 3, 4))
+    c.step(Message(MsgType.APP, "n1", "n2", 2, 1, 1, (e2, e3, e4), 1))
+    c.step(Message(MsgType.APP, "n1", "n2", 2, 1, 1, (e2,), 1))  # the older, shorter one
+    assert c.last_index == 4
+    resp = [m for m in c.ready().messages if m.type == MsgType.APP_RESP]
+    assert [m.index for m in resp] == [4, 2] and not any(m.reject for m in resp)
+
+
+def test_unreachable_stops_pipelining() -> None:
+    net = cluster(3)
+    ld = net.elect("n1")
+    assert ld.progress("n2").state == ProgressState.REPLICATE
+    ld.step(Message(MsgType.UNREACHABLE, "n2", "n1"))
+    assert ld.progress("n2").state == ProgressState.PROBE
+    ld.propose(b"x")  # the next append is a probe; its acknowledgement resumes pipelining
+    net.run()
+    assert ld.progress("n2").state == ProgressState.REPLICATE
