@@ -66,6 +66,12 @@ async def snapshot_chunks(replica) -> AsyncIterator[control_pb2.SnapshotChunk]:
         yield control_pb2.SnapshotChunk(data=data[off : off + CHUNK_BYTES])
 
 
+def raft_storage_dir(data_dir: str | Path) -> Path:
+    """Where a replica's RaftNode keeps wal/ and snap/: server.py hands RaftConfig
+    `<data-dir>/raft` and the driver adds its own `raft/` below that."""
+    return Path(data_dir) / "raft" / "raft"
+
+
 def _is_empty_dir(path: Path) -> bool:
     return not path.exists() or (path.is_dir() and not any(path.iterdir()))
 
@@ -106,7 +112,7 @@ def seed_data_dir(
     if index < 1 or term < 1:
         raise FailedPrecondition(f"{backup_file}: header has no applied index/term")
 
-    raft_dir = data_dir / "raft"
+    raft_dir = raft_storage_dir(data_dir)
     raft_dir.mkdir(parents=True, exist_ok=True)
     voters = tuple(sorted(peers))
     # The member address book travels in the snapshot envelope, as in a snapshot
