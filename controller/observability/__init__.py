@@ -12,13 +12,17 @@ endpoint serving /metrics and /healthz. Modules:
 | health.py | HealthMonitor: grpc.health.v1 statuses, reflection |
 | http.py | MetricsHTTPServer: /metrics and /healthz on the event loop |
 | logs.py | text/JSON log formatting with node/job/task ids and the Raft term |
+| eventlog.py | the replicated events, one log line each, written by the leader |
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
+from controller.observability import eventlog
 from controller.observability.health import HealthMonitor
 from controller.observability.http import MetricsHTTPServer
 from controller.observability.interceptor import MetricsInterceptor
@@ -45,6 +49,7 @@ class Observability:
         self.interceptor = MetricsInterceptor(self.metrics)
         self.health: HealthMonitor | None = None
         self.http: MetricsHTTPServer | None = None
+        self._events: asyncio.Task | None = None
 
     def register(self, server, replica) -> None:
         """Before the gRPC server starts: Health + reflection services."""
@@ -58,6 +63,7 @@ class Observability:
         self.metrics.bind(replica, auth_failures or _security_auth_failures())
         if self.health is not None:
             await self.health.start()
+        self._events = asyncio.create_task(eventlog.run(replica), name="event-log")
         if self.metrics_listen:
             self.http = MetricsHTTPServer(
                 self.metrics_listen,
@@ -67,6 +73,11 @@ class Observability:
             await self.http.start()
 
     async def stop(self) -> None:
+        if self._events is not None:
+            self._events.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._events
+            self._events = None
         if self.health is not None:
             await self.health.stop()
         if self.http is not None:
