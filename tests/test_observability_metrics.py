@@ -10,11 +10,8 @@ to have moved. Waits poll the state with a deadline; nothing is timed.
 from __future__ import annotations
 
 import asyncio
-import urllib.error
-import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from controller.config import ControllerConfig
 from controller.observability.metrics import ControllerMetrics
@@ -22,6 +19,7 @@ from controller.server import ControllerServer
 from lepton.v1 import agent_pb2_grpc, control_pb2, control_pb2_grpc, types_pb2
 from tests.support.fake_agent import FakeAgent
 from tests.support.procs import free_port
+from tests.support.prom import eventually, http_get, scrape, value
 
 GiB = 2**30
 
@@ -61,44 +59,6 @@ def spec(name: str, count: int, cpu_millis: int = 500) -> types_pb2.JobSpec:
             resources=types_pb2.Resources(cpu_millis=cpu_millis, memory_bytes=GiB),
         ),
     )
-
-
-def _get(url: str) -> tuple[int, str, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.status, r.headers.get("Content-Type", ""), r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers.get("Content-Type", ""), e.read().decode()
-
-
-async def scrape(address: str) -> dict[str, object]:
-    """Parses /metrics; returns {family name: family}. The HTTP call runs in a thread: the
-    server answers from this test's own event loop."""
-    status, ctype, text = await asyncio.to_thread(_get, f"http://{address}/metrics")
-    assert status == 200 and ctype.startswith("text/plain"), (status, ctype)
-    return {f.name: f for f in text_string_to_metric_families(text)}
-
-
-def value(families, name: str, **labels) -> float:
-    """Sum of the samples of `name` (a sample name, e.g. foo_total or foo_count) matching labels."""
-    total = 0.0
-    for fam in families.values():
-        for s in fam.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                total += s.value
-    return total
-
-
-async def eventually(fn, what: str, within: float = 20.0):
-    loop = asyncio.get_running_loop()
-    end = loop.time() + within
-    while True:
-        result = await fn()
-        if result:
-            return result
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -185,9 +145,9 @@ async def test_metrics_parse_and_move_with_work(replica):
 
 async def test_metrics_endpoint_http_edges(replica):
     addr = replica.obs.http.address
-    status, _, body = await asyncio.to_thread(_get, f"http://{addr}/healthz")
+    status, _, body = await asyncio.to_thread(http_get, f"http://{addr}/healthz")
     assert status == 200 and "leader" in body
-    status, _, _ = await asyncio.to_thread(_get, f"http://{addr}/nope")
+    status, _, _ = await asyncio.to_thread(http_get, f"http://{addr}/nope")
     assert status == 404
 
 
