@@ -17,8 +17,9 @@ import random
 from collections import deque
 from dataclasses import dataclass
 
-from controller.raft.core import NotLeader, ProposalDropped
+from controller.raft.core import ProposalDropped
 from controller.raft.types import ConfChange, ConfChangeType, EntryType, Message, MsgType, Role
+from lepton.errors import NotLeader
 
 from .checker import Checker, SafetyViolation
 from .node import SimNode
