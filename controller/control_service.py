@@ -29,6 +29,7 @@ log = logging.getLogger("lepton.controller.api")
 MAX_ID_LEN = 253
 MAX_REQUEST_ID_LEN = 256
 MAX_WATCH_TYPES = 64
+MAX_DRAIN_DEADLINE_MS = 365 * 86_400_000
 WATCH_POLL = 1.0
 _ACTIVE_JOB = frozenset(
     {types_pb2.JOB_STATE_PENDING, types_pb2.JOB_STATE_RUNNING, types_pb2.JOB_STATE_UNSPECIFIED}
@@ -216,6 +217,11 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
         # command's is absolute on the leader clock, so apply stays clock-free.
         if request.deadline_ms < 0:
             raise InvalidArgument("drain deadline must not be negative")
+        if request.deadline_ms > MAX_DRAIN_DEADLINE_MS:
+            # now + deadline must fit the command's int64 (found by tests/test_fuzz_api.py).
+            raise InvalidArgument(
+                f"drain deadline must be at most {MAX_DRAIN_DEADLINE_MS // 86_400_000} days"
+            )
         deadline = self.r.clock.now_ms() + request.deadline_ms if request.deadline_ms else 0
         body = commands_pb2.DrainNode(
             node_id=request.id,
