@@ -70,6 +70,10 @@ def run_fault_suite(lepton_netns, duration: float, report_path) -> dict:
 
     # Retry every operation with an unknown outcome (same request id): idempotency across failovers.
     liveness = []
+    # A program that exited by itself (a crash, a refused configuration) is a finding of its own.
+    for name in lep.controllers + lep.agents:
+        if not any(p.poll() is None for p in lep.net[name].procs):
+            liveness.append(f"liveness: the process on {name} exited by itself (see its log)")
     if lep.find_leader(timeout=START_DEADLINE) is None:
         liveness.append(f"liveness: no leader agreed within {START_DEADLINE:.0f}s of healing")
     try:
@@ -129,12 +133,14 @@ def run_fault_suite(lepton_netns, duration: float, report_path) -> dict:
     return report
 
 
+@pytest.mark.timeout(900)
 def test_fault_suite(lepton_netns, tmp_path, capsys):
     with capsys.disabled():
         run_fault_suite(lepton_netns, duration=100.0, report_path=tmp_path / "fault-report.json")
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(2400)
 def test_fault_suite_soak(lepton_netns, tmp_path, capsys):
     with capsys.disabled():
         run_fault_suite(lepton_netns, duration=900.0, report_path=tmp_path / "fault-report.json")

@@ -79,7 +79,13 @@ class LeptonOnNetns:
 
     def env(self) -> dict[str, str]:
         path = os.environ.get("PYTHONPATH", "")
-        return {"PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{path}" if path else str(REPO_ROOT), **self.extra_env}
+        return {
+            "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{path}" if path else str(REPO_ROOT),
+            # Namespace addresses are not loopback, and controllers refuse plain text there unless told
+            # otherwise; these test clusters live on a private bridge, so plain text is what we want.
+            "LEPTON_INSECURE": "1",
+            **self.extra_env,
+        }
 
     def start_controller(self, name: str) -> None:
         host: Host = self.net[name]

@@ -41,7 +41,7 @@ FAULTS = (
 class Nemesis:
     lep: LeptonOnNetns
     seed: int
-    fault_s: tuple[float, float] = (2.0, 6.0)  # how long a fault lasts
+    fault_s: tuple[float, float] = (2.0, 8.0)  # how long a fault lasts (down_after is 4 s: both sides of it)
     pause_s: tuple[float, float] = (2.0, 5.0)  # quiet time after healing
     leader_wait_s: float = 15.0  # a fault that needs the leader is skipped when none shows up in time
     injected: Counter = field(default_factory=Counter)
