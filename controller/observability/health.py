@@ -65,6 +65,11 @@ class HealthMonitor:
 
     def register(self, server) -> None:
         """Adds Health and reflection to a grpc.aio server (before it starts)."""
+        # grpc's servicer starts with "" SERVING; until Raft has started and the
+        # first update ran, this replica is not ready (set() needs a loop turn).
+        status = getattr(self.servicer, "_server_status", None)
+        if isinstance(status, dict):
+            status[""] = NOT_SERVING
         health_pb2_grpc.add_HealthServicer_to_server(self.servicer, server)
         reflection.enable_server_reflection((CONTROL, AGENT, HEALTH, reflection.SERVICE_NAME), server)
 
