@@ -62,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lepton-controller: error: {e}", file=sys.stderr)
         return 2
     setup_logging(cfg.log_level, cfg.log_format)
-    if cfg.restore is not None and not cfg.dev:
+    if cfg.restore is not None and cfg.dev:
+        print("lepton-controller: error: --restore cannot be combined with --dev", file=sys.stderr)
+        return 2
+    if cfg.restore is not None:
         from controller.backup import seed_data_dir
 
         try:
