@@ -35,6 +35,8 @@ class ConfChangePending(FailedPrecondition):
 
 
 class ReadRequest:
+    """A read_index() waiting for a heartbeat quorum: serve at `index` once confirmed."""
+
     __slots__ = ("context", "index", "frm", "acks")
 
     def __init__(self, context: bytes, index: int, frm: str, acks: set[str]) -> None:
