@@ -34,8 +34,8 @@ async def run(replica) -> None:
         last = state.last_event_seq
         if last <= seq:
             continue
-        if not replica.is_leader:
-            seq = last
+        if not replica.is_leader or not log.isEnabledFor(logging.INFO):
+            seq = last  # (--log-level WARNING: not even the copies are made)
             continue
         new = state.events(since_seq=seq, limit=MAX_LINES_PER_BATCH)
         skipped = (last - seq) - len(new)
