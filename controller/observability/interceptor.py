@@ -53,12 +53,25 @@ def _code_of(context, error: BaseException | None) -> str:
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: ControllerMetrics) -> None:
         self.m = metrics
+        # Per method: the handler we wrapped and its wrapper, so a call costs a dict
+        # lookup rather than new closures; and the label children, resolved once.
+        self._wrapped: dict[str, tuple[object, object]] = {}
+        self._durations: dict[str, object] = {}
+        self._counts: dict[tuple[str, str], object] = {}
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None  # unknown method: gRPC answers UNIMPLEMENTED; not counted
-        method = handler_call_details.method.lstrip("/")
+        key = handler_call_details.method
+        cached = self._wrapped.get(key)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, key.lstrip("/"))
+        self._wrapped[key] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler, method: str):
         attr, make = _WRAP[(bool(handler.request_streaming), bool(handler.response_streaming))]
         behavior = getattr(handler, attr)
         if behavior is None:
@@ -73,8 +86,15 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         )
 
     def _done(self, method: str, context, t0: float, error: BaseException | None) -> None:
-        self.m.grpc_requests.labels(method, _code_of(context, error)).inc()
-        self.m.grpc_duration.labels(method).observe(time.perf_counter() - t0)
+        key = (method, _code_of(context, error))
+        counter = self._counts.get(key)
+        if counter is None:
+            counter = self._counts[key] = self.m.grpc_requests.labels(*key)
+        counter.inc()
+        duration = self._durations.get(method)
+        if duration is None:
+            duration = self._durations[method] = self.m.grpc_duration.labels(method)
+        duration.observe(time.perf_counter() - t0)
 
     def _wrap_call(self, behavior, method: str):
         """Unary responses and handlers that write with context.write() (a coroutine)."""
