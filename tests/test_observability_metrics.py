@@ -119,8 +119,21 @@ async def test_metrics_parse_and_move_with_work(replica):
                 return fams if ok else None
 
             after = await eventually(placed, "placement and report metrics to move")
+            # A server stream (an async generator in the servicer) is counted when it ends.
+            events = [e async for e in control.WatchEvents(control_pb2.WatchEventsRequest(), timeout=10)]
+            assert events
         finally:
             await agent.close()
+
+        async def streams_counted():
+            fams = await scrape(addr)
+            watch = value(
+                fams, "lepton_grpc_requests_total", method="lepton.v1.ControlService/WatchEvents", code="OK"
+            )
+            connect = value(fams, "lepton_grpc_requests_total", method="lepton.v1.AgentService/Connect")
+            return watch == 1 and connect == 1
+
+        await eventually(streams_counted, "the WatchEvents and Connect streams to be counted")
 
     assert d.job.id
     assert value(after, "lepton_placement_rounds_total") > value(before, "lepton_placement_rounds_total")
