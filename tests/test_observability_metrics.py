@@ -97,6 +97,7 @@ async def test_metrics_parse_and_move_with_work(replica):
     assert value(before, "lepton_raft_term") >= 1
     assert value(before, "lepton_raft_applied_index") >= 1
     assert value(before, "lepton_raft_wal_fsync_duration_seconds_count") >= 1
+    assert value(before, "lepton_raft_peer_match_index", peer="c1") >= 1
 
     async with grpc_channel(replica.address) as (control, agent_stub):
         agent = FakeAgent(agent_stub, "n1", cpu=4000)

@@ -206,6 +206,20 @@ class _ReplicaCollector:
             "lepton_raft_is_leader", "1 if this replica is the Raft leader", 1 if node.is_leader else 0
         )
         yield gauge("lepton_raft_has_leader", "1 if this replica knows a leader", 1 if node.leader_id else 0)
+        progress = node.peer_progress() if node.is_leader and hasattr(node, "peer_progress") else {}
+        match = GaugeMetricFamily(
+            "lepton_raft_peer_match_index",
+            "Leader only: highest index known replicated per voter",
+            labels=["peer"],
+        )
+        active = GaugeMetricFamily(
+            "lepton_raft_peer_active", "Leader only: 1 if the voter answered recently", labels=["peer"]
+        )
+        for peer, p in sorted(progress.items()):
+            match.add_metric([peer], p.get("match", 0))
+            active.add_metric([peer], 1 if p.get("recent_active") else 0)
+        yield match
+        yield active
         stats = getattr(node, "stats", None) or {}
         for key, name, doc in (
             ("leader_changes", "lepton_raft_leader_changes", "Times this replica saw a new leader"),
