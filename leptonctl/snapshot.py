@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any
 
-from lepton import backup
+from lepton import backup, errors
 from lepton.client import LeptonClient
 from leptonctl import render
 
@@ -46,7 +46,10 @@ def _header_text(d: dict[str, Any]) -> str:
 
 def save(client: LeptonClient, args: Any) -> int:
     header, data = client.save_snapshot()
-    backup.write_file(args.file, header, data)
+    try:
+        backup.write_file(args.file, header, data)
+    except OSError as e:
+        raise errors.LeptonError(f"cannot write {args.file}: {e.strerror or e}") from None
     render.emit(_header_view(header, args.file), args.output, _header_text)
     return 0
 
