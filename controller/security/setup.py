@@ -88,3 +88,11 @@ def warn_if_insecure(cfg: ControllerConfig) -> None:
         )
     elif files.enabled and cfg.tls_client_certs == "none":
         log.info("TLS client certificates are not requested on the API port: agents authenticate by token")
+    peer_cert = files.enabled and cfg.tls_client_certs == "require"
+    if cfg.tokens_file is not None and not peer_cert and not cfg.token and len(cfg.peers) > 1:
+        # RegisterMember would be refused: followers' API addresses stay unknown
+        # and clients sent to a follower cannot be redirected to the leader.
+        log.warning(
+            "no --token: with a tokens file and no client certificates on the API port, this replica "
+            "cannot register its API address with the leader; give it an operator token (--token)"
+        )
