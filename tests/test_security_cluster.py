@@ -139,3 +139,30 @@ def test_tls_cluster_with_tokens(secure_cluster):
         after = client.cluster_status()
         assert after.term == term, "a refused Raft message still reached a replica"
         assert {m.id for m in after.members} == {"c1", "c2", "c3"}
+
+
+def test_plain_text_cluster_with_tokens_replicas_register_with_their_token(tmp_path):
+    """Loopback without TLS: replicas present --token (operator) to register with the leader."""
+    pki = make_pki(tmp_path)
+    ids = ["c1", "c2", "c3"]
+    raft = {rid: f"127.0.0.1:{free_port()}" for rid in ids}
+    extra = ["--tokens-file", str(pki.tokens_file), "--token", pki.tokens["alice"]]
+    procs = [
+        ControllerProc(rid, f"127.0.0.1:{free_port()}", raft[rid], raft, tmp_path / rid, tmp_path, extra)
+        for rid in ids
+    ]
+    try:
+        for p in procs:
+            p.start()
+        addresses = [p.api for p in procs]
+        with LeptonClient(addresses, timeout=10, token=pki.tokens["bob"]) as reader:
+            wait_registered(reader, 3, procs)
+            with pytest.raises(errors.PermissionDenied):
+                reader.submit_job({"name": "web", "command": "sleep 60", "resources": {"cpu": "100m"}})
+        with LeptonClient(addresses, timeout=10) as anonymous, pytest.raises(errors.Unauthenticated):
+            anonymous.list_jobs()
+        for p in procs:  # the token is never written to a log
+            assert pki.tokens["alice"] not in p.log_path.read_text()
+    finally:
+        for p in procs:
+            p.kill()
