@@ -552,3 +552,28 @@ def test_unreachable_stops_pipelining() -> None:
     ld.propose(b"x")  # the next append is a probe; its acknowledgement resumes pipelining
     net.run()
     assert ld.progress("n2").state == ProgressState.REPLICATE
+
+
+@pytest.mark.parametrize("pre_vote,check_quorum", [(False, False), (True, True)])
+def test_stale_leader_learns_higher_term_from_a_non_voter(pre_vote: bool, check_quorum: bool) -> None:
+    """A node that cannot campaign (it does not know it was added) must still tell a stale leader its term.
+
+    Found by the simulator (seed 1002947): with pre-vote and check-quorum off,
+    a joining node stuck at a higher term ignored the leader forever.
+    """
+    n4 = core(
+        "n4",
+        (),
+        snapshot=BOOT,
+        hard_state=HardState(7, "n3", 1),
+        pre_vote=pre_vote,
+        check_quorum=check_quorum,
+    )
+    n4.step(Message(MsgType.HEARTBEAT, "n1", "n4", 2, commit=1))
+    out = n4.ready().messages
+    assert [(m.type, m.to, m.term) for m in out] == [(MsgType.APP_RESP, "n1", 7)]
+    # ...and the leader steps down on hearing it.
+    net = cluster(3, pre_vote=pre_vote, check_quorum=check_quorum)
+    ld = net.elect("n1")
+    ld.step(Message(MsgType.APP_RESP, "n4", "n1", 7))
+    assert (ld.role, ld.term) == (Role.FOLLOWER, 7)

@@ -41,6 +41,20 @@ def test_sim_soak(nodes: int, block: int) -> None:
     print(f"soak {nodes} nodes block {block}: {rate:,.0f} steps/s")
 
 
+@pytest.mark.parametrize(
+    "seed,nodes",
+    [
+        (
+            952,
+            3,
+        ),  # a crashed-before-first-fsync node rejoined from a prefix of ADD entries and elected itself
+        (1002947, 3),  # a joining node at a higher term, pre-vote and check-quorum off: stranded forever
+    ],
+)
+def test_sim_regressions(seed: int, nodes: int) -> None:
+    run_seed(seed, SimConfig(nodes=nodes, steps=2000))
+
+
 def test_replay_is_deterministic() -> None:
     a = run_seed(7, SimConfig(nodes=5, steps=1500))
     b = run_seed(7, SimConfig(nodes=5, steps=1500))

@@ -452,11 +452,14 @@ class RaftCore(LeaderMixin):
                 self._become_follower(m.term, "")
         elif m.term < self._term:
             if mt in (_APP, _HB):
-                # A stale leader (e.g. one that was partitioned) would
-                # otherwise never learn of the newer term when our votes are
-                # ignored by lease or pre-vote; this answer makes it step down.
-                if self.check_quorum or self.pre_vote:
-                    self._send(Message(_APP_RESP, self._id, m.frm, self._term))
+                # A stale leader must learn of our newer term, or it keeps us
+                # out for good: with lease or pre-vote our campaigns may never
+                # reach it, and a node that is not (or does not yet know it is)
+                # a voter never campaigns at all. (etcd answers only with
+                # check-quorum/pre-vote on; the simulator found a joining node
+                # stranded at a higher term with both off.) This answer makes
+                # the stale leader step down.
+                self._send(Message(_APP_RESP, self._id, m.frm, self._term))
             elif mt == _PRE_VOTE:
                 # Tell a lagging pre-candidate our term so it can catch up.
                 self._send(Message(_PRE_VOTE_RESP, self._id, m.frm, self._term, reject=True))

@@ -460,6 +460,7 @@ class Simulation:
                     self.settle()
                 except (NotLeader, ProposalDropped):
                     pass
+            ld = self.leader()  # settling may have stopped a leader whose removal committed
             if target is not None and ld is not None:
                 idx = self.committed_everywhere(ld)
                 if idx is not None:
