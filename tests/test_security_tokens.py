@@ -109,3 +109,20 @@ def test_role_matrix():
     assert auth.allowed("/grpc.health.v1.Health/Check", "public")
     assert auth.allowed(auth.REGISTER_MEMBER, "peer") and not auth.allowed(c + "SubmitJob", "peer")
     assert not auth.allowed("/lepton.v1.RaftService/Stream", "reader")
+
+
+def test_token_file_reloads_changes_and_keeps_old_tokens_on_a_broken_edit(tmp_path):
+    from controller.security.tokens import TokenFile
+
+    path = tmp_path / "tokens.yaml"
+    old, _ = certs.new_token("alice", "operator", tokens_file=path)
+    tf = TokenFile(path, check_every=0.0)
+    assert tf.current().lookup(old).name == "alice"
+    new, _ = certs.new_token("bob", "reader", tokens_file=path)  # added while running
+    assert tf.current().lookup(new).name == "bob"
+    # Revoke alice: rewrite the file without her.
+    kept = TokenStore.load(path).entries[1:]
+    path.write_text(json.dumps([e.to_dict() for e in kept]))
+    assert tf.current().lookup(old) is None and tf.current().lookup(new).name == "bob"
+    path.write_text("tokens: [ {name: broken")  # a half-written edit
+    assert tf.current().lookup(new).name == "bob"

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from controller.security.tokens import TokenStore
+from controller.security.tokens import TokenFile, TokenStore
 from lepton import tls
 
 log = logging.getLogger("lepton.controller.auth")
@@ -171,7 +171,7 @@ def refuse(reason: str, method: str, peer: str, who: str, detail: str) -> None:
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates each call with the tokens file (if any) and the peer's TLS certificate."""
 
-    def __init__(self, tokens: TokenStore | None, *, tls_enabled: bool) -> None:
+    def __init__(self, tokens: TokenStore | TokenFile | None, *, tls_enabled: bool) -> None:
         self.tokens = tokens
         self.tls_enabled = tls_enabled
 
@@ -201,7 +201,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             refuse(MISSING_TOKEN, method, ctx.peer(), "", why)
             await ctx.abort(grpc.StatusCode.UNAUTHENTICATED, why)
             return None
-        entry = self.tokens.lookup(token)
+        store = self.tokens.current() if isinstance(self.tokens, TokenFile) else self.tokens
+        entry = store.lookup(token)
         if entry is None:
             refuse(INVALID_TOKEN, method, ctx.peer(), "", "unknown token")
             await ctx.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or revoked token")

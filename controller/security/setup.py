@@ -22,7 +22,7 @@ import grpc
 
 from controller.config import ControllerConfig
 from controller.security.auth import AuthInterceptor
-from controller.security.tokens import TokenStore
+from controller.security.tokens import TokenFile
 from lepton import tls
 
 log = logging.getLogger("lepton.controller.security")
@@ -60,12 +60,12 @@ def peer_metadata(cfg: ControllerConfig) -> tuple[tuple[str, str], ...]:
 
 
 def interceptors(cfg: ControllerConfig) -> list[grpc.aio.ServerInterceptor]:
-    tokens = TokenStore.load(cfg.tokens_file) if cfg.tokens_file is not None else None
+    tokens = TokenFile(cfg.tokens_file) if cfg.tokens_file is not None else None
     enabled = tls_files(cfg).enabled
     if tokens is None and not enabled:
         return []
     if tokens is not None:
-        log.info("authentication on: %d token(s) from %s", len(tokens), cfg.tokens_file)
+        log.info("authentication on: %d token(s) from %s", len(tokens.store), cfg.tokens_file)
     return [AuthInterceptor(tokens, tls_enabled=enabled)]
 
 

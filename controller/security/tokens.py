@@ -13,20 +13,24 @@ entry. Tokens are high-entropy random strings, so an unsalted fast hash is
 enough: there is nothing to brute-force. A presented token is hashed and
 compared with *every* entry with `hmac.compare_digest`, without stopping at
 the first match, so timing does not reveal how much of a digest matched or
-where in the file it sits.
+where in the file it sits. The file is re-read when it changes (TokenFile).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from lepton.errors import InvalidArgument
+
+log = logging.getLogger("lepton.controller.auth")
 
 ROLES = ("operator", "reader", "agent")
 # A bearer value longer than this is not one of ours; refuse it before hashing.
@@ -136,3 +140,45 @@ class TokenStore:
             return cls(entries)
         except InvalidArgument as e:
             raise InvalidArgument(f"tokens file {path}: {e}") from None
+
+
+class TokenFile:
+    """A tokens file that is re-read when it changes, so tokens are added or revoked without a restart.
+
+    The file's mtime and size are looked at, at most every `check_every`
+    seconds, on the calls that need a token. A file that no longer parses
+    keeps the previous tokens in force (and is logged), so a half-written
+    edit never locks everyone out or lets everyone in.
+    """
+
+    def __init__(self, path: str | Path, check_every: float = 2.0) -> None:
+        self.path = Path(path)
+        self.check_every = check_every
+        self.store = TokenStore.load(self.path)
+        self._stamp = self._stat()
+        self._checked = time.monotonic()
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def current(self) -> TokenStore:
+        now = time.monotonic()
+        if now - self._checked < self.check_every:
+            return self.store
+        self._checked = now
+        stamp = self._stat()
+        if stamp is None or stamp == self._stamp:
+            return self.store
+        self._stamp = stamp
+        try:
+            self.store = TokenStore.load(self.path)
+            log.info("tokens file %s reloaded: %d token(s)", self.path, len(self.store))
+        except InvalidArgument as e:
+            log.error(
+                "tokens file %s changed but cannot be used, keeping the previous tokens: %s", self.path, e
+            )
+        return self.store
