@@ -322,3 +322,29 @@ async def test_task_events_about_other_nodes_tasks_are_not_proposed(tmp_path):
         assert h.state.task(task_id).state == types_pb2.TASK_STATE_RUNNING
         n1.cancel()
         n2.cancel()
+
+
+async def test_health_needs_no_token_and_reflection_needs_a_reader(tmp_path, pki):
+    health = pytest.importorskip("grpc_health.v1.health_pb2")
+    health_grpc = pytest.importorskip("grpc_health.v1.health_pb2_grpc")
+    refl = pytest.importorskip("grpc_reflection.v1alpha.reflection_pb2")
+    refl_grpc = pytest.importorskip("grpc_reflection.v1alpha.reflection_pb2_grpc")
+    async with inproc_controller(tmp_path, tokens_file=pki.tokens_file) as h:
+        await wait_leader(h)
+        try:
+            await health_grpc.HealthStub(h.channel).Check(health.HealthCheckRequest(), timeout=5)
+        except grpc.aio.AioRpcError as e:
+            # Whatever health answers, it is not an authentication failure.
+            assert e.code() not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+        async def list_services(token):
+            stub = refl_grpc.ServerReflectionStub(h.channel)
+            req = refl.ServerReflectionRequest(list_services="")
+            out = []
+            async for resp in stub.ServerReflectionInfo(iter([req]), metadata=md(token), timeout=5):
+                out += [s.name for s in resp.list_services_response.service]
+            return out
+
+        assert "lepton.v1.ControlService" in await list_services(pki.tokens["bob"])
+        assert await code_of(list_services(None)) == grpc.StatusCode.UNAUTHENTICATED
+        assert await code_of(list_services(pki.tokens["agent-n1"])) == grpc.StatusCode.PERMISSION_DENIED
