@@ -187,3 +187,59 @@ class grpc_channel:  # noqa: N801 - used like a function
 
     async def __aexit__(self, *exc):
         await self.channel.close()
+
+
+async def test_auth_refusals_are_counted(tmp_path):
+    """With a tokens file: a call without a token and a reader's write are refused, and counted
+    both as lepton_auth_failures_total{reason} and as RPCs with their status code."""
+    import hashlib
+
+    import grpc
+
+    raft = f"127.0.0.1:{free_port()}"
+    reader = "r3ad3r-" + "x" * 32
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(
+        f"tokens:\n  - {{name: dash, role: reader, sha256: {hashlib.sha256(reader.encode()).hexdigest()}}}\n"
+    )
+    cfg = ControllerConfig(
+        id="c1",
+        listen="127.0.0.1:0",
+        raft_listen=raft,
+        peers={"c1": raft},
+        data_dir=tmp_path / "c1",
+        metrics_listen="127.0.0.1:0",
+        tokens_file=tokens,
+        grace=0.5,
+    )
+    server = ControllerServer(cfg)
+    await server.start()
+    try:
+        addr = server.obs.http.address
+        before = await scrape(addr)
+        async with grpc.aio.insecure_channel(server.address) as ch:
+            control = control_pb2_grpc.ControlServiceStub(ch)
+            with pytest.raises(grpc.aio.AioRpcError) as e1:
+                await control.ListJobs(control_pb2.ListJobsRequest(stale=True), timeout=5)
+            assert e1.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.aio.AioRpcError) as e2:
+                await control.SubmitJob(
+                    control_pb2.SubmitJobRequest(spec=spec("x", 1)),
+                    timeout=5,
+                    metadata=(("authorization", f"Bearer {reader}"),),
+                )
+            assert e2.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        after = await scrape(addr)
+    finally:
+        await server.stop()
+
+    def delta(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    # The security module's counters are process-wide: compare before and after.
+    assert delta("lepton_auth_failures_total", reason="missing_token") == 1
+    assert delta("lepton_auth_failures_total", reason="wrong_role") == 1
+    list_jobs = "lepton.v1.ControlService/ListJobs"
+    assert value(after, "lepton_grpc_requests_total", method=list_jobs, code="UNAUTHENTICATED") == 1
+    submit = "lepton.v1.ControlService/SubmitJob"
+    assert value(after, "lepton_grpc_requests_total", method=submit, code="PERMISSION_DENIED") == 1
