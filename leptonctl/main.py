@@ -27,6 +27,7 @@ EXIT_UNAVAILABLE = 4  # no controller reachable, or no leader
 EXIT_INVALID = 5  # invalid job file or argument value
 EXIT_CONFLICT = 6  # already exists / failed precondition
 EXIT_TIMEOUT = 7  # deadline passed; the outcome may be unknown
+EXIT_DENIED = 8  # no or unknown token (UNAUTHENTICATED), or the token's role may not (PERMISSION_DENIED)
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 _EXIT_BY_ERROR: list[tuple[type[errors.LeptonError], int]] = [
@@ -37,6 +38,8 @@ _EXIT_BY_ERROR: list[tuple[type[errors.LeptonError], int]] = [
     (errors.AlreadyExists, EXIT_CONFLICT),
     (errors.FailedPrecondition, EXIT_CONFLICT),
     (errors.OutcomeUnknown, EXIT_TIMEOUT),
+    (errors.Unauthenticated, EXIT_DENIED),
+    (errors.PermissionDenied, EXIT_DENIED),
 ]
 
 
@@ -90,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lepton-ctl",
         description="Operate a Lepton cluster: nodes, jobs, tasks, rebalancing, events.",
         epilog="Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 unavailable/no leader, "
-        "5 invalid spec or argument, 6 conflict (exists/precondition), 7 timed out, 130 interrupted.",
+        "5 invalid spec or argument, 6 conflict (exists/precondition), 7 timed out, "
+        "8 unauthenticated or permission denied, 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"lepton-ctl {__version__}")
     _add_globals(parser, top_level=True)

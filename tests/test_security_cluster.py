@@ -114,7 +114,7 @@ def test_tls_cluster_with_tokens(secure_cluster):
         assert p.returncode == 0, p.stderr
         assert [j["name"] for j in json.loads(p.stdout)] == ["web"]
         p = ctl(pki, addresses, "jobs", "list", token=False)
-        assert p.returncode == 1 and "bearer token" in p.stderr
+        assert p.returncode == 8 and "bearer token" in p.stderr
         p = ctl(pki, addresses, "jobs", "list", ca=False)
         assert p.returncode == 4, p.stderr
 
