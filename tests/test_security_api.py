@@ -89,7 +89,7 @@ async def connect(ch, node_id: str, token: str | None) -> tuple[grpc.StatusCode,
 
 
 async def wait_leader(h):
-    for _ in range(200):
+    for _ in range(2000):
         if any(m.id == "c1" for m in h.state.members()):
             return
         await asyncio.sleep(0.01)
@@ -290,7 +290,7 @@ async def test_task_events_about_other_nodes_tasks_are_not_proposed(tmp_path):
         n1 = await open_agent("n1")
         job = await h.control.SubmitJob(control_pb2.SubmitJobRequest(spec=spec()), timeout=5)
         task_id = job.tasks[0].id
-        for _ in range(500):
+        for _ in range(3000):
             if h.state.task(task_id).node_id == "n1":
                 break
             await asyncio.sleep(0.01)
@@ -303,7 +303,7 @@ async def test_task_events_about_other_nodes_tasks_are_not_proposed(tmp_path):
             queues["n2"].put_nowait(agent_pb2.AgentMessage(task_event=ev))
         queues["n2"].put_nowait(agent_pb2.AgentMessage(report=agent_pb2.Report(time_ms=7)))
         live = h.server.replica.sessions.live
-        for _ in range(500):  # the report is read after the events: then they were handled
+        for _ in range(3000):  # the report is read after the events: then they were handled
             if "n2" in live and any(entry[0] == 7 for entry in live["n2"].history):
                 break
             await asyncio.sleep(0.01)
@@ -315,7 +315,7 @@ async def test_task_events_about_other_nodes_tasks_are_not_proposed(tmp_path):
         # The node that holds the task may still report it.
         ev = agent_pb2.TaskEvent(task_id=task_id, attempt=task.attempt, type=agent_pb2.TASK_EVENT_STARTED)
         queues["n1"].put_nowait(agent_pb2.AgentMessage(task_event=ev))
-        for _ in range(500):
+        for _ in range(3000):
             if h.state.task(task_id).state == types_pb2.TASK_STATE_RUNNING:
                 break
             await asyncio.sleep(0.01)

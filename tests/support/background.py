@@ -38,7 +38,7 @@ class BackgroundController:
         async with inproc_controller(self._tmp, **self._overrides) as h:
             self.handle = h
             self.loop = asyncio.get_running_loop()
-            for _ in range(500):  # the leader announces itself first (two proposals)
+            for _ in range(3000):  # the leader announces itself first (two proposals)
                 if any(m.id == "c1" for m in h.state.members()):
                     break
                 await asyncio.sleep(0.01)
