@@ -61,6 +61,10 @@ def _job_type(job: types_pb2.Job | None) -> str:
     return "batch" if job is not None and job.spec.type == types_pb2.JOB_TYPE_BATCH else "service"
 
 
+def _constraints(tmpl: types_pb2.TaskTemplate) -> tuple[Constraint, ...]:
+    return tuple(Constraint(c.key, c.op, tuple(c.values)) for c in tmpl.constraints)
+
+
 def build_view(
     nodes: Iterable[types_pb2.Node],
     tasks: Iterable[types_pb2.Task],
@@ -91,6 +95,10 @@ def build_view(
                     resources=r,
                     migratable=bool(job and job.spec.template.migratable) and not t.migrating_to,
                     job_type=_job_type(job),
+                    # The rebalancer re-checks these when it picks a target for a move.
+                    constraints=_constraints(job.spec.template) if job else (),
+                    distinct_nodes=bool(job and job.spec.template.distinct_nodes),
+                    gpu_model=job.spec.template.gpu_model if job else "",
                 )
             )
         allocatable = res(n.capacity) - res(n.reserve)
@@ -129,7 +137,7 @@ def task_requests(
                 priority=job.spec.priority,
                 order=job.submit_index * 100_000 + t.index,
                 resources=res(t.resources if t.HasField("resources") else tmpl.resources),
-                constraints=tuple(Constraint(c.key, c.op, tuple(c.values)) for c in tmpl.constraints),
+                constraints=_constraints(tmpl),
                 distinct_nodes=tmpl.distinct_nodes,
                 gpu_model=tmpl.gpu_model,
                 avoid_nodes=avoid,

@@ -115,3 +115,17 @@ def test_drain_moves_respect_max_parallel_priority_and_deadline():
         "mid",
         "hi",
     }
+
+
+def test_build_view_carries_each_placed_tasks_constraints_for_the_rebalancer():
+    # A move must respect the same constraints as the first placement, so the
+    # view hands them to plan_rebalance with every placed task.
+    view = build_view(
+        [node("n1")],
+        [task("t1", "n1", TS.TASK_STATE_RUNNING)],
+        {"j1": job(migratable=True, distinct=True)},
+        {},
+    )
+    (placed,) = view.nodes[0].tasks
+    assert [(c.key, c.op, c.values) for c in placed.constraints] == [("zone", "=", ("a",))]
+    assert placed.distinct_nodes is True
