@@ -183,6 +183,21 @@ class _ReplicaCollector:
     def __init__(self, replica, auth_failures: Callable[[], dict[str, int]] | None) -> None:
         self.r = replica
         self.auth_failures = auth_failures
+        # Counting tasks and nodes walks the whole state (about 70 ms at 50,000 tasks and
+        # 5,000 nodes, on the event loop); reuse the result while nothing was applied.
+        self._cached_at: tuple[int, int] | None = None
+        self._cached: tuple[dict, dict[str, int]] = ({}, {})
+
+    def _state_counts(self, state) -> tuple[dict, dict[str, int]]:
+        key = (id(state), state.applied_index)
+        if key != self._cached_at:
+            by_status: dict[str, int] = {}
+            for n in state.nodes():
+                st = _node_status(n)
+                by_status[st] = by_status.get(st, 0) + 1
+            self._cached = (state.counts(), by_status)
+            self._cached_at = key
+        return self._cached
 
     def describe(self):
         return []  # unchecked collector: the families depend on what the replica has
@@ -230,7 +245,7 @@ class _ReplicaCollector:
             if key in stats:
                 yield CounterMetricFamily(name, doc, value=stats[key])
 
-        counts = state.counts()
+        counts, by_status = self._state_counts(state)
         tasks = GaugeMetricFamily("lepton_tasks", "Tasks in the replicated state, by state", labels=["state"])
         for st, n in counts["tasks_by_state"].items():
             tasks.add_metric([st], n)
@@ -238,10 +253,6 @@ class _ReplicaCollector:
         nodes = GaugeMetricFamily(
             "lepton_nodes", "Nodes in the replicated state, by status", labels=["status"]
         )
-        by_status: dict[str, int] = {}
-        for n in state.nodes():
-            s = _node_status(n)
-            by_status[s] = by_status.get(s, 0) + 1
         for s, n in sorted(by_status.items()):
             nodes.add_metric([s], n)
         yield nodes
