@@ -577,3 +577,16 @@ def test_stale_leader_learns_higher_term_from_a_non_voter(pre_vote: bool, check_
     ld = net.elect("n1")
     ld.step(Message(MsgType.APP_RESP, "n4", "n1", 7))
     assert (ld.role, ld.term) == (Role.FOLLOWER, 7)
+
+
+@pytest.mark.parametrize(
+    "mtype,resp", [(MsgType.VOTE, MsgType.VOTE_RESP), (MsgType.PRE_VOTE, MsgType.PRE_VOTE_RESP)]
+)
+def test_lower_term_campaign_learns_our_term(mtype: MsgType, resp: MsgType) -> None:
+    """Found by the simulator (seed 1009046): a candidate at a lower term must be told ours."""
+    c = core("n2", snapshot=BOOT, hard_state=HardState(9, "n2", 1))
+    c.step(Message(mtype, "n1", "n2", 5, 1, 1))
+    assert [(m.type, m.term, m.reject) for m in c.ready().messages] == [(resp, 9, True)]
+    cand = core("n1", snapshot=BOOT, hard_state=HardState(5, "n1", 1))
+    cand.step(Message(MsgType.VOTE_RESP, "n2", "n1", 9, reject=True))
+    assert (cand.term, cand.role) == (9, Role.FOLLOWER)

@@ -49,6 +49,7 @@ def test_sim_soak(nodes: int, block: int) -> None:
             3,
         ),  # a crashed-before-first-fsync node rejoined from a prefix of ADD entries and elected itself
         (1002947, 3),  # a joining node at a higher term, pre-vote and check-quorum off: stranded forever
+        (1009046, 3),  # two candidates, one with a stale configuration, never learned each other's term
     ],
 )
 def test_sim_regressions(seed: int, nodes: int) -> None:

@@ -460,9 +460,14 @@ class RaftCore(LeaderMixin):
                 # stranded at a higher term with both off.) This answer makes
                 # the stale leader step down.
                 self._send(Message(_APP_RESP, self._id, m.frm, self._term))
-            elif mt == _PRE_VOTE:
-                # Tell a lagging pre-candidate our term so it can catch up.
-                self._send(Message(_PRE_VOTE_RESP, self._id, m.frm, self._term, reject=True))
+            elif mt in (_PRE_VOTE, _VOTE):
+                # Tell a lagging (pre-)candidate our term so it can catch up.
+                # etcd ignores stale votes; the simulator found two candidates
+                # that never converged that way: one (with a stale log and
+                # configuration) never contacted the other, whose lower-term
+                # requests it ignored, each campaigning at the same pace.
+                resp = _PRE_VOTE_RESP if mt == _PRE_VOTE else _VOTE_RESP
+                self._send(Message(resp, self._id, m.frm, self._term, reject=True))
             return
 
         if mt in (_VOTE, _PRE_VOTE):

@@ -421,7 +421,8 @@ class Simulation:
     def settle(self) -> None:
         """Reliable, in-order delivery until the network is empty."""
         for n in self.live():
-            self.drive(n)
+            if n.alive:  # driving one node may stop another (its removal committed)
+                self.drive(n)
         budget = 50_000  # a message storm that never ends is itself a liveness bug
         while self.net:
             net, self.net = self.net, []
@@ -469,7 +470,8 @@ class Simulation:
             for n in self.live():
                 n.core.tick()
             for n in self.live():
-                self.drive(n)
+                if n.alive:
+                    self.drive(n)
         states = "; ".join(repr(n.core) for n in self.live())
         raise self.fail(
             "liveness", f"no proposal committed on all members within {cfg.liveness_ticks} ticks: {states}"
