@@ -417,6 +417,8 @@ class Simulation:
             raise
         except AssertionError as e:
             raise self.fail("core assertion", str(e)) from e
+        except Exception as e:  # a crash in the core (or the simulator) is a finding too
+            raise self.fail("exception", repr(e)) from e
 
     def settle(self) -> None:
         """Reliable, in-order delivery until the network is empty."""
