@@ -84,6 +84,9 @@ def run_fault_suite(lepton_netns, duration: float, report_path) -> dict:
     # Settle: a leader, every agent connected, no task on its way anywhere, for 5 s in a row.
     is_settled, settle_s, why = checks.wait_settled(lep, timeout=SETTLE_TIMEOUT)
     print(f"settled: {is_settled} after {settle_s:.1f}s {why}")
+    if not is_settled:
+        # Liveness: with the faults healed, every task must reach running or stopped in bounded time.
+        liveness.append(f"settle: not settled {SETTLE_TIMEOUT:.0f}s after healing: {why}")
 
     # Agents converge on their desired sets after the controller has: re-check (bounded) until the
     # process table agrees, and report the last findings if it never does.
@@ -117,11 +120,13 @@ def run_fault_suite(lepton_netns, duration: float, report_path) -> dict:
         "operations": operations,
         "unknown_outcomes_resolved": dict(h.resolved),
         "client_errors": dict(h.errors_by_kind),
+        "faults_injected_total": sum(nemesis.injected.values()),
         "faults_injected": dict(nemesis.injected),
         "faults_skipped": dict(nemesis.skipped),
         "jobs_in_cluster": len(view.jobs) if view else None,
         "task_processes": len(procs),
         "replicas": {v.name: [v.applied_index, v.digest[:16], v.digest_kind] for v in views},
+        "violations_found": len(violations),
         "violations": violations,
     }
     text = json.dumps(report, indent=2)

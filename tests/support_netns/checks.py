@@ -256,9 +256,14 @@ def settled(lep: LeptonOnNetns, view: ClusterView | None) -> str:
     ready = [n.id for n in view.nodes if n.status == types_pb2.NODE_STATUS_READY and n.connected]
     if len(ready) < len(lep.agents):
         return f"agents ready and connected: {sorted(ready)}"
-    moving = [t.id for t in view.tasks if t.state in UNSETTLED or t.migrating_to]
+    moving = [t for t in view.tasks if t.state in UNSETTLED or t.migrating_to]
     if moving:
-        return f"{len(moving)} task(s) pending/assigned/starting/stopping"
+        shown = ", ".join(
+            f"{t.id}/{t.attempt} {types_pb2.TaskState.Name(t.state)[11:].lower()} on {t.node_id or '-'}"
+            + (f" -> {t.migrating_to}" if t.migrating_to else "")
+            for t in moving[:20]
+        )
+        return f"{len(moving)} task(s) on their way: {shown}"
     return ""
 
 
