@@ -43,12 +43,18 @@ def _seed() -> int:
     return int(env) if env else random.SystemRandom().randrange(1, 1_000_000)
 
 
-def run_fault_suite(lepton_netns, duration: float, report_path) -> dict:
+def run_fault_suite(lepton_netns, duration: float, report_path, down_after: str, fault_s) -> dict:
     seed = _seed()
     duration = float(os.environ.get("LEPTON_FAULT_DURATION", duration))
-    print(f"\nfault suite: seed {seed} (replay with LEPTON_FAULT_SEED={seed}), nemesis for {duration:.0f}s")
+    down_after = os.environ.get("LEPTON_FAULT_DOWN_AFTER", down_after)
+    print(
+        f"\nfault suite: seed {seed} (replay with LEPTON_FAULT_SEED={seed}), nemesis for {duration:.0f}s, "
+        f"faults held {fault_s[0]:g}-{fault_s[1]:g}s, nodes down after {down_after} without a report"
+    )
     t_start = time.monotonic()
-    lep = lepton_netns(controllers=3, agents=4)
+    suspect_after = f"{float(down_after.rstrip('s')) / 2:g}s"
+    liveness_args = ["--suspect-after", suspect_after, "--down-after", down_after]
+    lep = lepton_netns(controllers=3, agents=4, controller_args=liveness_args)
     leader = lep.find_leader(timeout=START_DEADLINE)
     assert leader, "no leader at start\n" + lep.logs()
     up = wait_until(lambda: checks.settled(lep, checks.leader_view(lep)) == "", START_DEADLINE)
@@ -56,7 +62,7 @@ def run_fault_suite(lepton_netns, duration: float, report_path) -> dict:
     t_up = time.monotonic()
 
     workload = Workload(lep.api_addresses, seed)
-    nemesis = Nemesis(lep, seed)
+    nemesis = Nemesis(lep, seed, fault_s=fault_s)
     workload.start()
     try:
         nemesis.run(duration)
@@ -138,14 +144,22 @@ def run_fault_suite(lepton_netns, duration: float, report_path) -> dict:
     return report
 
 
+# The default run declares a node down after 8 s without a report (the product default is 4 s):
+# on a shared 2-core machine an agent busy starting dozens of tasks can miss 4 s of reports, and
+# the run would then measure CPU starvation (see docs/fault-suite.md, "what it found"). Faults are
+# held 2-12 s, so both sides of the threshold are still exercised. The soak uses the defaults.
 @pytest.mark.timeout(900)
 def test_fault_suite(lepton_netns, tmp_path, capsys):
     with capsys.disabled():
-        run_fault_suite(lepton_netns, duration=100.0, report_path=tmp_path / "fault-report.json")
+        run_fault_suite(
+            lepton_netns, 100.0, tmp_path / "fault-report.json", down_after="8s", fault_s=(2.0, 12.0)
+        )
 
 
 @pytest.mark.soak
 @pytest.mark.timeout(2400)
 def test_fault_suite_soak(lepton_netns, tmp_path, capsys):
     with capsys.disabled():
-        run_fault_suite(lepton_netns, duration=900.0, report_path=tmp_path / "fault-report.json")
+        run_fault_suite(
+            lepton_netns, 900.0, tmp_path / "fault-report.json", down_after="4s", fault_s=(2.0, 8.0)
+        )
