@@ -160,6 +160,11 @@ def _content_digest(jobs, tasks, nodes) -> str:
     return h.hexdigest()
 
 
+# ClusterStatusRequest.with_digest exists from the commit that added it; before that, a content
+# digest over the replica's stale read API stands in (a weaker check: only what the API shows).
+_HAS_DIGEST = "with_digest" in control_pb2.ClusterStatusRequest.DESCRIPTOR.fields_by_name
+
+
 @dataclass
 class ReplicaView:
     name: str
@@ -175,12 +180,18 @@ def replica_view(lep: LeptonOnNetns, name: str) -> ReplicaView | None:
     it was being read (the caller tries again).
     """
     stale = control_pb2.ClusterStatusRequest(stale=True)
+    if _HAS_DIGEST:
+        # The state machine's own digest and the index it belongs to, read together by the replica.
+        status = replica_call(
+            lep, name, "GetClusterStatus", control_pb2.ClusterStatusRequest(stale=True, with_digest=True)
+        )
+        if status is None:
+            return None
+        if status.state_digest:
+            return ReplicaView(name, status.state_digest_index, status.state_digest, "state_digest")
     before = replica_call(lep, name, "GetClusterStatus", stale)
     if before is None:
         return None
-    digest = getattr(before, "state_digest", "")
-    if digest:
-        return ReplicaView(name, before.applied_index, digest, "state_digest")
     jobs = replica_call(lep, name, "ListJobs", control_pb2.ListJobsRequest(stale=True, include_finished=True))
     tasks = replica_call(lep, name, "ListTasks", control_pb2.ListTasksRequest(stale=True))
     nodes = replica_call(lep, name, "ListNodes", control_pb2.ListNodesRequest(stale=True))
