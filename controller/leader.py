@@ -24,7 +24,7 @@ from lepton.v1 import commands_pb2
 log = logging.getLogger("lepton.controller.leader")
 
 # How often ages are checked: a quarter of suspect_after, at most 0.5 s (each
-# check copies every node record, which adds up on large clusters).
+# check walks every node record, which adds up on large clusters).
 LIVENESS_MAX_PERIOD = 0.5
 ERROR_PAUSE = 0.5
 
@@ -111,7 +111,7 @@ class LeaderLoops:
             now = self.r.clock.monotonic()
             live = self.r.sessions.live
             last_seen = {nid: lv.last_report_mono for nid, lv in live.items() if lv.last_report_mono}
-            nodes = [(n.id, n.status) for n in self.r.state.nodes()]
+            nodes = self.r.state.node_statuses()
             changes = liveness.transitions(
                 nodes,
                 last_seen,

@@ -269,9 +269,11 @@ async def drain_round(replica, term: int, policy: Policy = Policy.BINPACK) -> in
     passed) rather than being stopped with nowhere to go.
     """
     state = replica.state
-    nodes = state.nodes()
-    if not any(n.draining for n in nodes):
+    # Asked after every commit: building every node view just to find no drain
+    # cost most of the leader's time at 5,000 nodes.
+    if not state.any_draining():
         return 0
+    nodes = state.nodes()
     tasks = list(state.tasks())
     jobs = jobs_by_id(state)
     now = replica.clock.now_ms()

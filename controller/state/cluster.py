@@ -38,6 +38,7 @@ Lists come in a deterministic order.
 
 from __future__ import annotations
 
+import collections
 import logging
 from dataclasses import dataclass
 
@@ -136,6 +137,18 @@ class ClusterState:
     def nodes(self) -> list[types_pb2.Node]:
         """All nodes in registration order."""
         return [self._node_view(rec) for rec in self._s.nodes.values()]
+
+    def node_statuses(self) -> list[tuple[str, int]]:
+        """(node id, NodeStatus) in registration order, without building node views.
+
+        The liveness loop needs only these, twice a second: nodes() copies every
+        record and sums its tasks, which costs tens of ms at 5,000 nodes.
+        """
+        return [(nid, rec.node.status) for nid, rec in self._s.nodes.items()]
+
+    def any_draining(self) -> bool:
+        """Whether some node is draining (cheap: the drain loop asks after every commit)."""
+        return any(rec.node.draining for rec in self._s.nodes.values())
 
     def node(self, node_id: str) -> types_pb2.Node:
         rec = self._s.nodes.get(node_id)
@@ -288,10 +301,10 @@ class ClusterState:
     def counts(self) -> dict:
         """nodes_total, nodes_ready, jobs_total (active jobs), jobs_all, tasks_by_state {'running': n, ...}."""
         s = self._s
-        by_state: dict[str, int] = {}
-        for rec in s.tasks.values():
-            name = task_state_name(rec.task.state)
-            by_state[name] = by_state.get(name, 0) + 1
+        # Count the enum values first and name them after: a name per task made this
+        # the most expensive read on a 50,000-task cluster polled for its status.
+        by_value = collections.Counter(rec.task.state for rec in s.tasks.values())
+        by_state = {task_state_name(v): n for v, n in by_value.items()}
         return {
             "nodes_total": len(s.nodes),
             "nodes_ready": sum(1 for r in s.nodes.values() if r.node.status == types_pb2.NODE_STATUS_READY),
