@@ -35,6 +35,7 @@ from pathlib import Path
 
 import grpc
 
+from lepton.errors import NotLeader, from_rpc_error
 from lepton.v1 import agent_pb2, agent_pb2_grpc, types_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -190,7 +191,9 @@ class Fleet:
         memory_gib: int = 256,
         per_channel: int = 100,
     ) -> None:
-        self.address = address
+        # The first address is the leader; the others are where to look when it
+        # stops leading (a NotLeader naming the new leader wins over the list).
+        self.addresses = [a for a in address.split(",") if a]
         self.n = n
         self.prefix = prefix
         self.interval = interval
@@ -200,16 +203,10 @@ class Fleet:
         )
         self.per_channel = per_channel
         self.stats = Stats()
-        self._channels: list[grpc.aio.Channel] = []
+        self._channels: dict[tuple[str, int], grpc.aio.Channel] = {}
+        self.leader_changes = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        nchan = max(1, (self.n + self.per_channel - 1) // self.per_channel)
-        # A local subchannel pool per channel: otherwise grpc shares one TCP
-        # connection among all channels to the same target.
-        self._channels = [
-            grpc.aio.insecure_channel(self.address, options=[("grpc.use_local_subchannel_pool", 1)])
-            for _ in range(nchan)
-        ]
         tasks = []
         for i in range(self.n):
             tasks.append(asyncio.create_task(self._agent(i, stop)))
@@ -219,16 +216,26 @@ class Fleet:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for ch in self._channels:
+        for ch in self._channels.values():
             await ch.close(None)
+
+    def _stub(self, address: str, i: int) -> agent_pb2_grpc.AgentServiceStub:
+        key = (address, i // self.per_channel)
+        ch = self._channels.get(key)
+        if ch is None:
+            # A local subchannel pool per channel: otherwise grpc shares one TCP
+            # connection among all channels to the same target.
+            ch = grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+            self._channels[key] = ch
+        return agent_pb2_grpc.AgentServiceStub(ch)
 
     async def _agent(self, i: int, stop: asyncio.Event) -> None:
         node_id = f"{self.prefix}-{i:05d}"
-        stub = agent_pb2_grpc.AgentServiceStub(self._channels[i // self.per_channel])
         loop = asyncio.get_running_loop()
+        target = self.addresses[0]
         while not stop.is_set():
             running: dict[tuple[str, int], int] = {}
-            call = stub.Connect()
+            call = self._stub(target, i).Connect()
             lock = asyncio.Lock()
             reader = None
             try:
@@ -274,6 +281,19 @@ class Fleet:
             except (grpc.RpcError, ConnectionError, asyncio.InvalidStateError) as e:
                 self.stats.errors += 1
                 kind = e.code().name if isinstance(e, grpc.RpcError) else type(e).__name__
+                # Like a real agent: follow a NotLeader to the leader it names, else
+                # try the next controller.
+                nl = from_rpc_error(e) if isinstance(e, grpc.RpcError) else None
+                if isinstance(nl, NotLeader) and nl.leader_api_address:
+                    if nl.leader_api_address != target:
+                        self.leader_changes += 1
+                    target = nl.leader_api_address
+                elif len(self.addresses) > 1 and kind in ("FAILED_PRECONDITION", "UNAVAILABLE"):
+                    target = (
+                        self.addresses[(self.addresses.index(target) + 1) % len(self.addresses)]
+                        if target in self.addresses
+                        else self.addresses[0]
+                    )
                 self.stats.error_kinds[kind] = self.stats.error_kinds.get(kind, 0) + 1
                 if len(self.stats.error_samples) < 5:
                     detail = e.details() if isinstance(e, grpc.RpcError) else str(e)
@@ -387,7 +407,7 @@ async def _serve(args) -> None:
 
     async def report():
         while not stop.is_set():
-            print(json.dumps(fleet.stats.as_dict()), flush=True)
+            print(json.dumps(dict(fleet.stats.as_dict(), leader_changes=fleet.leader_changes)), flush=True)
             await asyncio.sleep(1.0)
 
     reporter = asyncio.create_task(report())
@@ -397,7 +417,7 @@ async def _serve(args) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--controllers", required=True, help="the leader's API address")
+    ap.add_argument("--controllers", required=True, help="the leader's API address first, then the others")
     ap.add_argument("--agents", type=int, default=100)
     ap.add_argument("--prefix", default="sim")
     ap.add_argument("--interval", type=float, default=1.0, help="report period in seconds")
