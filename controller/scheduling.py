@@ -124,12 +124,17 @@ def task_requests(
     """Placement requests; tasks in `moved_off` (stop-then-start migrations) avoid the node they left."""
     moved_off = set(moved_off)
     out = []
+    # The tasks of a job share its template: its constraints are built once per job, not per task.
+    constraints: dict[str, tuple[Constraint, ...]] = {}
     for t in pending:
         job = jobs.get(t.job_id)
         if job is None:
             continue
         tmpl = job.spec.template
         avoid = (t.previous_node_id,) if t.previous_node_id and t.id in moved_off else ()
+        cons = constraints.get(t.job_id)
+        if cons is None:
+            cons = constraints[t.job_id] = _constraints(tmpl)
         out.append(
             TaskRequest(
                 task_id=t.id,
@@ -137,7 +142,7 @@ def task_requests(
                 priority=job.spec.priority,
                 order=job.submit_index * 100_000 + t.index,
                 resources=res(t.resources if t.HasField("resources") else tmpl.resources),
-                constraints=_constraints(tmpl),
+                constraints=cons,
                 distinct_nodes=tmpl.distinct_nodes,
                 gpu_model=tmpl.gpu_model,
                 avoid_nodes=avoid,
@@ -166,15 +171,38 @@ def plan_body(
     that make room for them) go in: a prefix of a plan is itself a valid plan,
     because each assignment only relies on the capacity left by earlier ones.
     """
-    body = commands_pb2.CommitPlan()
     assignments = plan.assignments[:limit] if limit else plan.assignments
+    return _body(assignments, plan.preemptions, pending_by_id, tasks_by_id)
+
+
+def plan_bodies(
+    plan,
+    pending_by_id: Mapping[str, types_pb2.Task],
+    tasks_by_id: Mapping[str, types_pb2.Task],
+    limit: int,
+) -> list:
+    """The whole plan as consecutive CommitPlans of at most `limit` assignments each.
+
+    Committed in order, they amount to the whole plan: each slice only relies
+    on the capacity left by the ones before it, and apply re-checks every item
+    against the state it meets. One place() call thus feeds a backlog of
+    50,000 tasks, instead of planning everything again after every 10,000.
+    """
+    return [
+        _body(plan.assignments[i : i + limit], plan.preemptions, pending_by_id, tasks_by_id)
+        for i in range(0, max(len(plan.assignments), 1), limit)
+    ]
+
+
+def _body(assignments, preemptions, pending_by_id, tasks_by_id):
+    body = commands_pb2.CommitPlan()
     for a in assignments:
         t = pending_by_id[a.task_id]
         body.assignments.add(
             task_id=a.task_id, node_id=a.node_id, expected_attempt=t.attempt, expected_state=t.state
         )
     included = {a.task_id for a in assignments}
-    for p in plan.preemptions:
+    for p in preemptions:
         if p.for_task_id not in included:
             continue
         victim = tasks_by_id.get(p.victim_task_id)
@@ -188,7 +216,17 @@ def plan_body(
 
 
 async def placement_round(replica, term: int, policy: Policy = Policy.BINPACK) -> int:
-    """Plans every pending task once; commits at most one CommitPlan. Returns tasks assigned."""
+    """Plans every pending task once and commits the plan (in slices of at most
+    MAX_ASSIGNMENTS_PER_PLAN assignments, one Raft entry each). Returns tasks assigned.
+
+    Only the copies of the records are taken on the event loop; building the
+    view and planning (pure functions of those copies) run in a worker thread,
+    because at 50,000 tasks they take around a second, and the same loop must
+    keep sending Raft heartbeats (a loop blocked longer than the election
+    timeout costs the leadership) and taking agent reports meanwhile. The plan
+    may be a little stale by the time it is proposed: apply re-checks every
+    item, as it does for any plan.
+    """
     state = replica.state
     pending = list(state.pending_tasks())
     if not pending:
@@ -196,35 +234,53 @@ async def placement_round(replica, term: int, policy: Policy = Policy.BINPACK) -
         return 0
     jobs = jobs_by_id(state)
     all_tasks = list(state.tasks())
-    view = build_view(state.nodes(), all_tasks, jobs, live_usage_of(replica))
+    nodes = state.nodes()
+    live = live_usage_of(replica)
     # A task moved stop-then-start by the rebalancer must not land back on the hot node it left.
     moved_off = [t.id for t in pending if state.preferred_node(t.id)]
-    t0 = time.perf_counter()
-    plan = place(view, task_requests(pending, jobs, moved_off), policy)
-    plan_seconds = time.perf_counter() - t0
+
+    def plan_now():
+        view = build_view(nodes, all_tasks, jobs, live)
+        t0 = time.perf_counter()
+        plan = place(view, task_requests(pending, jobs, moved_off), policy)
+        seconds = time.perf_counter() - t0
+        bodies = []
+        if plan.assignments or plan.preemptions:
+            bodies = plan_bodies(
+                plan, {t.id: t for t in pending}, {t.id: t for t in all_tasks}, MAX_ASSIGNMENTS_PER_PLAN
+            )
+        return plan, seconds, bodies
+
+    plan, plan_seconds, bodies = await asyncio.to_thread(plan_now)
     replica.sessions.unplaced = {u.task_id: u.reason for u in plan.unplaced}
     metrics = getattr(replica, "metrics", None)
-    if not plan.assignments and not plan.preemptions:
+    if not bodies:
         if metrics is not None:
             metrics.observe_placement(plan_seconds, 0, 0, [u.counts for u in plan.unplaced])
         return 0
-    body = plan_body(plan, {t.id: t for t in pending}, {t.id: t for t in all_tasks}, MAX_ASSIGNMENTS_PER_PLAN)
-    result = await replica.propose(body, plan_term=term)
-    applied = len(getattr(result, "applied", body.assignments))
-    skipped = getattr(result, "skipped", ())
+    applied = preempted = skipped_n = 0
+    skipped: list = []
+    for body in bodies:
+        result = await replica.propose(body, plan_term=term)
+        applied += len(getattr(result, "applied", body.assignments))
+        preempted += len(getattr(result, "preempted", body.preemptions))
+        these = getattr(result, "skipped", ())
+        skipped_n += len(these)
+        skipped.extend(these[: 5 - len(skipped)])
     if metrics is not None:
-        preempted = len(getattr(result, "preempted", body.preemptions))
         metrics.observe_placement(plan_seconds, applied, preempted, [u.counts for u in plan.unplaced])
     log.info(
-        "placement round (term %d): %d assigned, %d preempted, %d unplaced, %d skipped by apply",
+        "placement round (term %d): %d assigned in %d entr%s, %d preempted, %d unplaced, %d skipped by apply",
         term,
         applied,
-        len(getattr(result, "preempted", body.preemptions)),
+        len(bodies),
+        "y" if len(bodies) == 1 else "ies",
+        preempted,
         len(plan.unplaced),
-        len(skipped),
+        skipped_n,
         extra={"term": term},
     )
-    for task_id, why in skipped[:5]:
+    for task_id, why in skipped:
         log.info("plan item for %s skipped: %s", task_id, why)
     return applied
 
