@@ -40,11 +40,12 @@ TS = types_pb2.TaskState
 HOLDING = frozenset(
     {TS.TASK_STATE_ASSIGNED, TS.TASK_STATE_STARTING, TS.TASK_STATE_RUNNING, TS.TASK_STATE_STOPPING}
 )
-BATCH_WINDOW = 0.02
+BATCH_WINDOW = 0.02  # after a wake-up, wait this long so a burst of submits lands in one round
 IDLE_PACE = 0.1
-# One Raft entry per round, but not an unbounded one: a huge backlog goes out in
-# slices (the next round starts at once because the commit wakes the loop).
-MAX_ASSIGNMENTS_PER_PLAN = 10_000  # after a wake-up, wait this long so a burst of submits lands in one round
+MAX_PACE = 0.5  # longest rest after a long round (see placement_loop)
+# Raft entries of bounded size: a plan for a huge backlog is committed as
+# several consecutive entries of at most this many assignments.
+MAX_ASSIGNMENTS_PER_PLAN = 10_000
 
 
 def res(r: types_pb2.Resources) -> Res:
@@ -80,11 +81,15 @@ def build_view(
             # The target copy of a migration already holds resources there.
             by_node.setdefault(t.migrating_to, []).append(t)
     infos = []
+    constraints: dict[str, tuple[Constraint, ...]] = {}  # per job: its tasks share the template
     for n in nodes:
         placed = []
         reserved = Res()
         for t in by_node.get(n.id, ()):
             job = jobs.get(t.job_id)
+            cons = constraints.get(t.job_id)
+            if cons is None:
+                cons = constraints[t.job_id] = _constraints(job.spec.template) if job else ()
             r = res(t.resources)
             reserved = reserved + r
             placed.append(
@@ -96,7 +101,7 @@ def build_view(
                     migratable=bool(job and job.spec.template.migratable) and not t.migrating_to,
                     job_type=_job_type(job),
                     # The rebalancer re-checks these when it picks a target for a move.
-                    constraints=_constraints(job.spec.template) if job else (),
+                    constraints=cons,
                     distinct_nodes=bool(job and job.spec.template.distinct_nodes),
                     gpu_model=job.spec.template.gpu_model if job else "",
                 )
@@ -233,7 +238,8 @@ async def placement_round(replica, term: int, policy: Policy = Policy.BINPACK) -
         replica.sessions.unplaced = {}
         return 0
     jobs = jobs_by_id(state)
-    all_tasks = list(state.tasks())
+    # build_view only looks at tasks holding resources, and preemption victims are among them.
+    all_tasks = state.holding_tasks()
     nodes = state.nodes()
     live = live_usage_of(replica)
     # A task moved stop-then-start by the rebalancer must not land back on the hot node it left.
@@ -385,8 +391,17 @@ async def placement_loop(replica, term: int) -> None:
             await asyncio.sleep(BATCH_WINDOW)
         sessions.capacity_changed.clear()
         seen = sessions.generation
+        started = time.monotonic()
         placed = await placement_round(replica, term)
         moved = await drain_round(replica, term)
+        took = time.monotonic() - started
+        if took > BATCH_WINDOW:
+            # A round costs time proportional to the whole cluster, not to what is
+            # new; back to back they left little of the loop to the submits and
+            # task events they were waiting for. Resting as long as the round took
+            # (at most MAX_PACE) keeps placement at about half the loop under load
+            # and lets each round take a bigger batch; small rounds are not delayed.
+            await asyncio.sleep(min(took, MAX_PACE))
         if not placed and not moved:
             # Nothing could be done: tasks still pending wait for real news (a
             # commit, a node, a capacity change) without re-planning on every
