@@ -66,7 +66,7 @@ def job_spec(i: int, count: int) -> types_pb2.JobSpec:
 
 
 def run(args) -> dict:
-    cluster = Cluster(3)
+    cluster = Cluster(3, log_level=args.log_level)
     gens: list[LoadGenerator] = []
     try:
         cluster.start()
@@ -144,6 +144,7 @@ def run(args) -> dict:
             "nodes_ready": nodes_used,
             "gen": [g.latest for g in gens],
             "poll_failures": poll_failures,
+            "logs": str(cluster.root),
         }
     finally:
         for g in gens:
@@ -159,6 +160,9 @@ def main() -> int:
     ap.add_argument("--generators", type=int, default=2, help="load-generator processes")
     ap.add_argument("--settle", type=float, default=5.0, help="wait after every node is ready")
     ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument(
+        "--log-level", default="WARNING", help="controllers' log level (logs stay in the temp dir)"
+    )
     ap.add_argument("--quick", action="store_true", help="500 agents, 50 jobs x 100 tasks, 1 generator")
     args = ap.parse_args()
     if args.quick:
@@ -189,6 +193,7 @@ def main() -> int:
             print(f"    e.g. {g['error_samples'][:3]}")
     if r["poll_failures"]:
         print(f"  {len(r['poll_failures'])} status polls failed, e.g. {r['poll_failures'][:2]}")
+    print(f"  controller logs: {r['logs']}")
     print("target: >= 5,000 tasks/s (50,000 tasks, 500 jobs, 5,000 agents)")
     return 0
 

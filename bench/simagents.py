@@ -54,7 +54,10 @@ def free_port() -> int:
 class Cluster:
     """N controller replicas on loopback, default settings unless `extra` says otherwise."""
 
-    def __init__(self, n: int = 3, extra: list[str] | None = None, metrics: bool = False) -> None:
+    def __init__(
+        self, n: int = 3, extra: list[str] | None = None, metrics: bool = False, log_level: str = "WARNING"
+    ) -> None:
+        self.log_level = log_level
         self.root = Path(tempfile.mkdtemp(prefix="lepton-bench-"))
         self.ids = [f"c{i + 1}" for i in range(n)]
         self.raft = {rid: f"127.0.0.1:{free_port()}" for rid in self.ids}
@@ -85,7 +88,7 @@ class Cluster:
                 "--data-dir",
                 str(self.root / rid),
                 "--log-level",
-                "WARNING",
+                self.log_level,
                 *self.extra,
             ]
             if self.metrics:
@@ -328,23 +331,17 @@ class Fleet:
             if not self.ack:
                 continue
             now = int(time.time() * 1000)
-            async with lock:
-                for task_id, attempt in new:
-                    ev = agent_pb2.TaskEvent(
-                        task_id=task_id,
-                        attempt=attempt,
-                        type=agent_pb2.TASK_EVENT_STARTED,
-                        time_ms=now,
-                        pid=1,
-                    )
+            events = [(k, agent_pb2.TASK_EVENT_STARTED) for k in new]
+            events += [(k, agent_pb2.TASK_EVENT_STOPPED) for k in gone]
+            for (task_id, attempt), kind in events:
+                ev = agent_pb2.TaskEvent(task_id=task_id, attempt=attempt, type=kind, time_ms=now, pid=1)
+                # The lock is taken per message (asyncio.Lock is FIFO), so a report due in
+                # the middle of a burst of 100 events goes out after one of them, as it
+                # would from a real agent, rather than after all of them: each write
+                # costs a turn of this process's busy event loop.
+                async with lock:
                     await call.write(agent_pb2.AgentMessage(task_event=ev))
-                    self.stats.events += 1
-                for task_id, attempt in gone:
-                    ev = agent_pb2.TaskEvent(
-                        task_id=task_id, attempt=attempt, type=agent_pb2.TASK_EVENT_STOPPED, time_ms=now
-                    )
-                    await call.write(agent_pb2.AgentMessage(task_event=ev))
-                    self.stats.events += 1
+                self.stats.events += 1
 
 
 class LoadGenerator:
