@@ -36,7 +36,7 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from simagents import Cluster, LoadGenerator  # noqa: E402
+from simagents import Cluster, LoadGenerator, exit_on_sigterm  # noqa: E402
 
 LAG = "lepton_agent_report_lag_seconds"
 
@@ -135,6 +135,7 @@ def main() -> int:
     ap.add_argument("--settle", type=float, default=5.0, help="wait after all agents connected")
     ap.add_argument("--quick", action="store_true", help="500,1000 agents, 8 s windows")
     args = ap.parse_args()
+    exit_on_sigterm()
     counts = [int(x) for x in args.agents.split(",")]
     if args.quick:
         counts, args.seconds, args.settle = [500, 1000], 8.0, 3.0

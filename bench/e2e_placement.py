@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from simagents import Cluster, LoadGenerator  # noqa: E402
+from simagents import Cluster, LoadGenerator, exit_on_sigterm  # noqa: E402
 
 from lepton.client import LeptonClient  # noqa: E402
 from lepton.v1 import types_pb2  # noqa: E402
@@ -165,6 +165,7 @@ def main() -> int:
     )
     ap.add_argument("--quick", action="store_true", help="500 agents, 50 jobs x 100 tasks, 1 generator")
     args = ap.parse_args()
+    exit_on_sigterm()
     if args.quick:
         args.agents, args.jobs, args.tasks_per_job, args.generators = 500, 50, 100, 1
     total = args.jobs * args.tasks_per_job

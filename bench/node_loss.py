@@ -34,7 +34,7 @@ import time
 import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from simagents import ROOT, Cluster, kill_processes_with_env  # noqa: E402
+from simagents import ROOT, Cluster, exit_on_sigterm, kill_processes_with_env  # noqa: E402
 
 from lepton.client import LeptonClient  # noqa: E402
 from lepton.v1 import types_pb2  # noqa: E402
@@ -189,6 +189,7 @@ def main() -> int:
     ap.add_argument("--tasks", type=int, default=4, help="tasks on the lost node")
     ap.add_argument("--quick", action="store_true", help="2 trials")
     args = ap.parse_args()
+    exit_on_sigterm()
     if args.quick:
         args.trials = 2
     cluster = Cluster(3)

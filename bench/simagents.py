@@ -130,6 +130,14 @@ class Cluster:
             shutil.rmtree(self.root / rid, ignore_errors=True)
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (e.g. from `timeout`) raises SystemExit, so the benches' finally blocks stop their processes.
+
+    Python's default is to die at once, which left three controllers running.
+    """
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 def kill_processes_with_env(prefix: str) -> int:
     """SIGKILLs processes (and their groups) with an environment entry starting with `prefix`.
 
