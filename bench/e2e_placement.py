@@ -25,6 +25,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import psutil
@@ -33,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from simagents import Cluster, LoadGenerator, exit_on_sigterm  # noqa: E402
 
 from lepton.client import LeptonClient  # noqa: E402
+from lepton.errors import LeptonError  # noqa: E402
 from lepton.v1 import types_pb2  # noqa: E402
 
 
@@ -99,11 +101,26 @@ def run(args) -> dict:
         submitted_at: list[float] = []
         lock = threading.Lock()
 
+        retries = [0]
+
         def submit(i: int) -> None:
-            client.submit_job(job_spec(i, args.tasks_per_job))
+            # The request id makes a retry safe: a job whose first attempt was
+            # committed (e.g. just before a leader change) is returned, not made twice.
+            rid_ = uuid.uuid4().hex
+            for attempt in range(10):
+                try:
+                    client.submit_job(job_spec(i, args.tasks_per_job), request_id=rid_)
+                    break
+                except LeptonError:
+                    if attempt == 9:
+                        raise
+                    with lock:
+                        retries[0] += 1
+                    time.sleep(0.5)
             with lock:
                 submitted_at.append(time.monotonic())
 
+        term0 = client.cluster_status().term
         t0 = time.monotonic()
         with ThreadPoolExecutor(16) as pool:
             futures = [pool.submit(submit, i) for i in range(args.jobs)]
@@ -131,6 +148,7 @@ def run(args) -> dict:
         host1 = psutil.cpu_times()
         cpu = {k: cpu_seconds(p) - cpu0[k] for k, p in pids.items()}
         host_busy = sum(host1) - sum(host0) - (host1.idle - host0.idle) - (host1.iowait - host0.iowait)
+        term1 = client.cluster_status().term
         nodes_used = sum(1 for n in client.list_nodes(stale=True) if n.status == types_pb2.NODE_STATUS_READY)
         client.close()
         return {
@@ -144,6 +162,8 @@ def run(args) -> dict:
             "nodes_ready": nodes_used,
             "gen": [g.latest for g in gens],
             "poll_failures": poll_failures,
+            "terms": (term0, term1),
+            "submit_retries": retries[0],
             "logs": str(cluster.root),
         }
     finally:
@@ -194,6 +214,11 @@ def main() -> int:
             print(f"    e.g. {g['error_samples'][:3]}")
     if r["poll_failures"]:
         print(f"  {len(r['poll_failures'])} status polls failed, e.g. {r['poll_failures'][:2]}")
+    if r["terms"][1] != r["terms"][0]:
+        print(
+            f"  LEADER CHANGED during the run: term {r['terms'][0]} -> {r['terms'][1]} "
+            f"({r['submit_retries']} submit retries)"
+        )
     print(f"  controller logs: {r['logs']}")
     print("target: >= 5,000 tasks/s (50,000 tasks, 500 jobs, 5,000 agents)")
     return 0
