@@ -73,7 +73,7 @@ async def test_agent_metrics_move_with_samples_and_tasks(tmp_path):
             done = value(fams, "lepton_agent_task_exits_total", outcome="succeeded") >= 1
             return fams if done and value(fams, "lepton_agent_samples_total") >= 2 else None
 
-        after = await eventually(ran, "the task to start and exit", within=30)
+        after = await eventually(ran, "the task to start and exit", within=90)
         assert value(after, "lepton_agent_task_starts_total") >= 1
         assert value(after, "lepton_agent_sample_duration_seconds_count") >= 2
         assert value(after, "lepton_agent_connections_total") >= 1

@@ -38,7 +38,7 @@ def value(families, name: str, **labels) -> float:
     return total
 
 
-async def eventually(fn, what: str, within: float = 20.0):
+async def eventually(fn, what: str, within: float = 60.0):
     """Awaits fn() until it returns something truthy (returned), failing after `within` seconds."""
     loop = asyncio.get_running_loop()
     end = loop.time() + within
