@@ -115,7 +115,9 @@ def run_one(n: int, seconds: float, settle: float) -> dict:
             "processed": (reports1 - reports0) / wall,
             "sent": (sent1["reports"] - sent0["reports"]) / max(sent1["t"] - sent0["t"], 1e-9),
             "late": sent1["late_sends"] - sent0["late_sends"],
-            "errors": sent1["errors"],
+            "errors": sent1["errors"] - sent0["errors"],  # streams that failed inside the window
+            "errors_total": sent1["errors"],
+            "error_samples": sent1.get("error_samples", [])[:2],
             "error_kinds": sent1.get("error_kinds", {}),
             "logs": str(cluster.root),
             "connected": sent1["connected"],
@@ -155,8 +157,11 @@ def main() -> int:
         if r["processed"] < 0.95 * r["sent"]:
             notes.append("leader processed fewer than were sent")
         if r["connected"] < n or r["errors"]:
+            notes.append(f"{r['connected']} connected, {r['errors']} streams failed in the window")
+        if r["errors_total"]:
             notes.append(
-                f"{r['connected']} connected, {r['errors']} stream errors {r['error_kinds']} (logs {r['logs']})"
+                f"{r['errors_total']} stream errors since start {r['error_kinds']}, e.g. {r['error_samples']} "
+                f"(controller log in {r['logs']})"
             )
         print(
             f"{n:>6} {r['leader_cpu']:>9.1f}% {r['processed']:>9.0f} {r['sent']:>7.0f} {r['p50']:>7.1f} "
