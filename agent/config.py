@@ -57,6 +57,8 @@ class AgentConfig:
     enable_gpu: bool = True
     enable_cgroups: bool = True
     log_level: str = "INFO"
+    log_format: str = "text"  # text | json (docs/observability.md)
+    metrics_listen: str = ""  # HTTP /metrics + /healthz; "" = off
 
     @classmethod
     def from_args(
@@ -125,6 +127,21 @@ def _positive_duration(text: str | float) -> float:
     return v
 
 
+def _parse_log_format(text: str) -> str:
+    s = str(text).strip().lower()
+    if s not in ("text", "json"):
+        raise ValueError(f"expected text or json, got {text!r}")
+    return s
+
+
+def _parse_listen(text: str) -> str:
+    s = str(text).strip()
+    host, sep, port = s.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return s
+
+
 # name -> (parser, dataclass field, help). The name is the flag (--name), the
 # env var (LEPTON_NAME) and the YAML key.
 _OPTIONS: dict[str, tuple[Callable[[Any], Any], str, str]] = {
@@ -159,6 +176,12 @@ _OPTIONS: dict[str, tuple[Callable[[Any], Any], str, str]] = {
     "gpu": (_parse_bool, "enable_gpu", "probe NVIDIA GPUs through NVML (true/false)"),
     "cgroups": (_parse_bool, "enable_cgroups", "use cgroup v2 limits when writable (true/false)"),
     "log-level": (str, "log_level", "DEBUG, INFO, WARNING or ERROR"),
+    "log-format": (_parse_log_format, "log_format", "text (default) or json: one JSON object per line"),
+    "metrics-listen": (
+        _parse_listen,
+        "metrics_listen",
+        "HTTP address for /metrics and /healthz, e.g. 127.0.0.1:9102 (default off)",
+    ),
 }
 _BOOL_FLAGS = {"drain-on-exit"}
 

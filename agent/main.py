@@ -192,7 +192,21 @@ class Agent:
 
 async def run_agent(config: AgentConfig, stop: asyncio.Event, clock: Clock = SYSTEM_CLOCK) -> None:
     """Runs an agent inside the caller's event loop until `stop` is set."""
-    await Agent(config, clock).run(stop)
+    await _run(Agent(config, clock), stop)
+
+
+async def _run(agent: Agent, stop: asyncio.Event) -> None:
+    """agent.run(stop), with the /metrics endpoint around it when --metrics-listen is set."""
+    server = None
+    if agent.config.metrics_listen:
+        from agent import metrics  # prometheus_client only when asked for: the footprint matters
+
+        server = await metrics.serve(agent, agent.config.metrics_listen)
+    try:
+        await agent.run(stop)
+    finally:
+        if server is not None:
+            await server.stop()
 
 
 def _dump_tasks() -> None:
@@ -209,7 +223,12 @@ async def _serve(config: AgentConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR2, _dump_tasks)
-    await run_agent(config, stop)
+    agent = Agent(config)
+    if not config.node_id:  # a generated id is known only now (a configured one: see main())
+        from controller.observability import logs
+
+        logs.add_context({"node_id": agent.node_id})
+    await _run(agent, stop)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,10 +239,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # kill -USR1 <agent> dumps every thread's stack to stderr: cheap insurance for field debugging.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from controller.observability import logs  # stdlib-only module (text or JSON lines)
+
+    logs.setup(config.log_level.upper(), config.log_format)
+    if config.node_id:
+        logs.add_context({"node_id": config.node_id})  # every line says which node wrote it
     try:
         asyncio.run(_serve(config))
     except OSError as e:  # e.g. data dir not writable

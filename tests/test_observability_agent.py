@@ -4,7 +4,8 @@ A one-replica controller on the real Raft module and a real agent in the same
 event loop (the controller's --dev arrangement); the agent's metrics
 endpoint is started with agent.metrics.serve(). A batch job of `true` runs
 and exits; the test waits (polling, with a deadline) until the counters say
-so and checks the parsed families.
+so and checks the parsed families. A second test runs a real `lepton-agent`
+process with --metrics-listen and --log-format json next to a real controller.
 """
 
 from __future__ import annotations
@@ -88,3 +89,57 @@ async def test_agent_metrics_move_with_samples_and_tasks(tmp_path):
         if http is not None:
             await http.stop()
         await controller.stop()
+
+
+def test_agent_process_serves_metrics_and_writes_json_logs(tmp_path):
+    """A real `lepton-agent --metrics-listen ... --log-format json` process next to a real controller."""
+    import json
+    import time
+
+    from tests.support.procs import AgentProc, ControllerCluster, free_port
+    from tests.support.prom import http_get
+
+    c = ControllerCluster(tmp_path, 1)
+    c.start()
+    (p,) = c.procs.values()
+    metrics = f"127.0.0.1:{free_port()}"
+    agent = AgentProc(
+        "n1",
+        [p.api],
+        tmp_path / "agent",
+        tmp_path,
+        extra=["--log-format", "json", "--metrics-listen", metrics],
+    )
+    agent.start()
+    try:
+        end = time.monotonic() + 45
+        text = ""
+        while time.monotonic() < end:
+            try:
+                status, _, text = http_get(f"http://{metrics}/metrics")
+            except OSError:
+                status = 0
+            if (
+                status == 200
+                and "lepton_agent_connected 1.0" in text
+                and "lepton_agent_samples_total 0.0" not in text
+            ):
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"agent metrics never showed a connected, sampling agent:\n{text}")
+        status, _, body = http_get(f"http://{metrics}/healthz")
+        assert status == 200 and "connected" in body
+        agent.proc.terminate()
+        agent.proc.wait(15)
+        lines = agent.log_path.read_text().splitlines()
+        docs = [json.loads(line) for line in lines]  # every line is one JSON object
+        assert docs and all(d.get("node_id") == "n1" for d in docs)
+        assert any("metrics on" in d["msg"] for d in docs)
+    except BaseException:
+        print(c.logs())
+        print(agent.log_tail())
+        raise
+    finally:
+        agent.kill()
+        c.close()
