@@ -9,6 +9,7 @@ settings print one clear line and exit with status 2, never a traceback.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -17,6 +18,14 @@ from controller.config import ConfigError, ControllerConfig, load
 from lepton.errors import LeptonError
 
 log = logging.getLogger("lepton.controller")
+
+# The leader holds many long-lived objects (a stream, its session and live state
+# per agent). With CPython's default thresholds (700, 10, 10) the collector ran
+# full collections of all of them every few seconds at 5,000 agents, each a
+# 90-250 ms pause of the event loop that found next to nothing to free: that was
+# the p99 of report handling (bench/agent_scale.py: p99 180-280 ms, 24 ms with
+# these), and such pauses delay Raft heartbeats too.
+GC_THRESHOLDS = (50_000, 20, 100)
 
 
 def setup_logging(level: str, fmt: str = "text") -> None:
@@ -73,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         except (LeptonError, OSError) as e:
             print(f"lepton-controller: error: cannot restore: {e}", file=sys.stderr)
             return 1
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         if cfg.dev:
             from controller.dev import run_dev
