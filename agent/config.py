@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lepton import tls
+from lepton.errors import InvalidArgument
 from lepton.units import parse_cpu, parse_duration, parse_memory, parse_network
 
 
@@ -59,6 +61,13 @@ class AgentConfig:
     log_level: str = "INFO"
     log_format: str = "text"  # text | json (docs/observability.md)
     metrics_listen: str = ""  # HTTP /metrics + /healthz; "" = off
+    # TLS towards the controllers (docs/security.md): this agent's certificate
+    # (its CN or a SAN must be the node id) and the CA the controllers' certificates
+    # are signed by; and the bearer token of role agent bound to this node.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    token: str = field(default="", repr=False)
 
     @classmethod
     def from_args(
@@ -182,6 +191,10 @@ _OPTIONS: dict[str, tuple[Callable[[Any], Any], str, str]] = {
         "metrics_listen",
         "HTTP address for /metrics and /healthz, e.g. 127.0.0.1:9102 (default off)",
     ),
+    "tls-cert": (Path, "tls_cert", "this agent's certificate (PEM; names the node id); turns TLS on"),
+    "tls-key": (Path, "tls_key", "private key of --tls-cert"),
+    "tls-ca": (Path, "tls_ca", "CA bundle the controllers' certificates are signed by; turns TLS on"),
+    "token": (str, "token", "bearer token (role agent, bound to this node)"),
 }
 _BOOL_FLAGS = {"drain-on-exit"}
 
@@ -263,4 +276,8 @@ def _build(argv: list[str], env: Mapping[str, str]) -> AgentConfig:
         cfg = cfg.with_(address=cfg.hostname)
     if cfg.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"--log-level: invalid level {cfg.log_level!r}")
+    try:  # unreadable or non-PEM files fail here, once, not on every reconnect
+        tls.TLSFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_ca).check(need_cert=False)
+    except InvalidArgument as e:
+        raise ConfigError(str(e)) from None
     return cfg

@@ -25,6 +25,7 @@ import grpc
 
 from agent.clock import SYSTEM_CLOCK, Clock
 from agent.config import AgentConfig
+from lepton import tls
 from lepton.errors import NotLeader, from_rpc_error
 from lepton.v1 import agent_pb2, agent_pb2_grpc
 
@@ -132,14 +133,28 @@ class Session:
         return [
             ("grpc.keepalive_time_ms", 3_600_000),
             ("grpc.keepalive_timeout_ms", int(self._cfg.peer_timeout * 1000)),
+            # A node's desired set can exceed gRPC's default 4 MiB; the controller may send 64 MiB.
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
         ]
 
+    def _channel(self, target: str) -> grpc.aio.Channel:
+        """TLS (with this agent's certificate) when configured, else plain text (docs/security.md)."""
+        files = tls.TLSFiles(self._cfg.tls_cert, self._cfg.tls_key, self._cfg.tls_ca)
+        if files.enabled:
+            return grpc.aio.secure_channel(
+                target, tls.channel_credentials(files), options=self.channel_options()
+            )
+        return grpc.aio.insecure_channel(target, options=self.channel_options())
+
     async def _connect_once(self, target: str) -> None:
-        channel = grpc.aio.insecure_channel(target, options=self.channel_options())
+        channel = self._channel(target)
         call = None
         try:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
-            call = stub.Connect()
+            # The token is sent as metadata only; it is never logged.
+            call = stub.Connect(
+                metadata=(("authorization", f"Bearer {self._cfg.token}"),) if self._cfg.token else None
+            )
             try:
                 await asyncio.wait_for(
                     call.write(agent_pb2.AgentMessage(hello=self._make_hello())), self._cfg.connect_timeout
