@@ -7,7 +7,9 @@
 - the Raft ports refuse whoever lacks a certificate of the cluster CA: a
   client with a certificate from another CA, one with no certificate and a
   plain-text client cannot deliver a message (a TIMEOUT_NOW at term 1000
-  that would have forced an election, had any replica accepted it).
+  that would have forced an election, had any replica accepted it); nor can
+  a holder of a cluster certificate that is not a member's (an agent's), or
+  one claiming to be another replica than its certificate names.
 """
 
 from __future__ import annotations
@@ -83,10 +85,12 @@ def ctl(pki, addresses, *args, token=True, ca=True):
     return subprocess.run([*argv, *args], capture_output=True, text=True, timeout=60, env=env)
 
 
-def raft_probe(address: str, creds: grpc.ChannelCredentials | None, target: str) -> grpc.StatusCode:
+def raft_probe(
+    address: str, creds: grpc.ChannelCredentials | None, target: str, sender: str = "c9"
+) -> grpc.StatusCode:
     """Sends one TIMEOUT_NOW at term 1000 to a replica's Raft port; returns how the call ended."""
-    msg = raft_pb2.RaftMessage(type=int(MsgType.TIMEOUT_NOW), to=target, term=1000, **{"from": "c9"})
-    metadata = ((CLUSTER_KEY, "lepton"), (FROM_KEY, "c9"))
+    msg = raft_pb2.RaftMessage(type=int(MsgType.TIMEOUT_NOW), to=target, term=1000, **{"from": sender})
+    metadata = ((CLUSTER_KEY, "lepton"), (FROM_KEY, sender))
     ch = grpc.secure_channel(address, creds) if creds is not None else grpc.insecure_channel(address)
     try:
         stub = raft_pb2_grpc.RaftServiceStub(ch)
@@ -135,6 +139,16 @@ def test_tls_cluster_with_tokens(secure_cluster):
             for what, creds in outsiders.items():
                 code = raft_probe(p.raft, creds, p.id)
                 assert code == grpc.StatusCode.UNAVAILABLE, (p.id, what, code)
+
+        # Certificates of the cluster CA that do not belong to a member: an agent's
+        # (claiming a replica's id, or its own), and a certificate named like a
+        # replica that is not one. The stream is refused after the handshake.
+        for p in procs:
+            for cert, sender in (("n1", "c2"), ("n1", "n1"), ("c4", "c4"), ("c4", "c1")):
+                crt, key = pki.cert(cert)
+                creds = tls.channel_credentials(tls.TLSFiles(crt, key, pki.ca))
+                code = raft_probe(p.raft, creds, p.id, sender=sender)
+                assert code == grpc.StatusCode.PERMISSION_DENIED, (p.id, cert, sender, code)
 
         after = client.cluster_status()
         assert after.term == term, "a refused Raft message still reached a replica"

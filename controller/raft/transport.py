@@ -15,7 +15,11 @@ inbox) in stream order. Snapshot chunks are reassembled and delivered as one
 SNAP message. Calls are refused (PERMISSION_DENIED) when the cluster id in
 the call metadata is not ours, so two clusters sharing addresses cannot mix.
 
-TLS: pass grpc server and channel credentials; insecure by default.
+TLS: pass grpc server and channel credentials; insecure by default. When
+the caller presents a verified client certificate (mutual TLS, as the
+controller configures it; docs/security.md) a stream is accepted only when
+the sender id it claims is a member named by that certificate, and messages
+whose `from` differs are dropped.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from collections.abc import Callable, Iterable
 
 import grpc
 
+from lepton import tls
 from lepton.v1 import raft_pb2, raft_pb2_grpc
 
 from .types import ConfState, Entry, EntryType, Message, MsgType, Snapshot, SnapshotMeta
@@ -121,7 +126,8 @@ class _Servicer(raft_pb2_grpc.RaftServiceServicer):
     def __init__(self, transport: RaftTransport) -> None:
         self.t = transport
 
-    async def _check(self, context: grpc.aio.ServicerContext) -> str:
+    async def _check(self, context: grpc.aio.ServicerContext) -> tuple[str, bool]:
+        """(the sender id, whether a client certificate vouches for it); aborts foreign calls."""
         md = dict(context.invocation_metadata() or ())
         cluster = md.get(CLUSTER_KEY, "")
         if cluster != self.t.cluster_id:
@@ -129,14 +135,35 @@ class _Servicer(raft_pb2_grpc.RaftServiceServicer):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"raft message from cluster {cluster!r}, this replica belongs to {self.t.cluster_id!r}",
             )
-        return md.get(FROM_KEY, "")
+        sender = md.get(FROM_KEY, "")
+        auth = context.auth_context() or {}
+        verified = bool(auth.get("x509_pem_cert"))
+        if verified:
+            # Mutual TLS proved the peer holds a certificate of the cluster CA; it
+            # must also name the replica it speaks for, and that must be a member
+            # (an agent's certificate is of the same CA: it may not talk Raft).
+            names = tls.peer_names(auth)
+            if sender not in names or sender not in self.t.member_ids():
+                log.warning("refusing raft stream from %r (certificate names %s)", sender, sorted(names))
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"raft sender {sender!r} is not a member named by the client certificate",
+                )
+        return sender, verified
 
     async def Stream(self, request_iterator, context):  # noqa: N802 (gRPC method name)
-        await self._check(context)
+        sender, verified = await self._check(context)
         async for batch in request_iterator:
             for p in batch.messages:
                 if p.to != self.t.node_id:
                     log.warning("dropping raft message for %r received by %r", p.to, self.t.node_id)
+                    continue
+                if verified and getattr(p, "from") != sender:
+                    log.warning(
+                        "dropping raft message claiming to be from %r on %r's stream",
+                        getattr(p, "from"),
+                        sender,
+                    )
                     continue
                 try:
                     msg = message_from_pb(p)
@@ -147,7 +174,7 @@ class _Servicer(raft_pb2_grpc.RaftServiceServicer):
         return raft_pb2.RaftAck()
 
     async def SendSnapshot(self, request_iterator, context):  # noqa: N802
-        await self._check(context)
+        sender, verified = await self._check(context)
         first = None
         buf = bytearray()
         async for p in request_iterator:
@@ -158,6 +185,10 @@ class _Servicer(raft_pb2_grpc.RaftServiceServicer):
             buf += p.snap_chunk
         if first is None or len(buf) != first.snap_total or first.to != self.t.node_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "incomplete or misaddressed snapshot")
+        if verified and getattr(first, "from") != sender:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "snapshot sender does not match the certificate"
+            )
         meta = first.snap_meta
         snap = Snapshot(SnapshotMeta(meta.index, meta.term, ConfState(tuple(meta.voters))), bytes(buf))
         self.t.handler(message_from_pb(first, snapshot=snap))
@@ -314,6 +345,10 @@ class RaftTransport:
 
     def peers(self) -> dict[str, str]:
         return {pid: p.address for pid, p in self._peers.items()}
+
+    def member_ids(self) -> set[str]:
+        """Ids this replica accepts Raft traffic from: current peers and the configured ones."""
+        return set(self._peers) | set(self._initial_peers)
 
     def send(self, messages: Iterable[Message]) -> None:
         """Queues messages for their peers; never blocks, drops what does not fit."""
