@@ -44,6 +44,7 @@ _EVENT_STATE = {
     agent_pb2.TASK_EVENT_RESTARTING: TS.TASK_STATE_STARTING,
 }
 _PLACED = frozenset({TS.TASK_STATE_ASSIGNED, TS.TASK_STATE_STARTING, TS.TASK_STATE_RUNNING})
+_FINISHED = frozenset({TS.TASK_STATE_SUCCEEDED, TS.TASK_STATE_FAILED, TS.TASK_STATE_STOPPED})
 # States an agent may report for a task; anything else in a report is ignored.
 _REPORTABLE = frozenset(
     {
@@ -253,6 +254,39 @@ class _TaskTracker:
                     state=rt.state,
                     exit_code=rt.exit_code,
                     reason=rt.reason[: validate.MAX_TEXT_LEN],
+                    node_id=self.node_id,
+                )
+            )
+        self._finish_stopping(running)
+
+    def _finish_stopping(self, running) -> None:
+        """Finishes STOPPING tasks of this node that the agent has stopped or never had.
+
+        A task cancelled before its agent acted on the desired set that held
+        it (the agent skipped that version, or was disconnected meanwhile) is
+        STOPPING, but the agent has nothing to stop and so never reports: it
+        would hold its reservation for ever. `running` lists every task the
+        agent has (Hello, and every report), so one it does not list is not
+        running there. If the agent starts it from an older set after all,
+        the newer set (without it) stops it again; only the release of the
+        reservation comes a moment early. A stop the agent reported but whose
+        event was lost in a failover is recovered here too.
+        """
+        listed = {(rt.task_id, rt.attempt): rt for rt in running}
+        for task_id, attempt in self.r.state.stopping_on_node(self.node_id):
+            rt = listed.get((task_id, attempt))
+            if rt is not None and rt.state not in _FINISHED:
+                continue  # still running or being stopped there: its own event finishes it
+            exit_code, reason = (
+                (rt.exit_code, rt.reason) if rt is not None else (-1, "not running on the agent")
+            )
+            self.submit(
+                commands_pb2.TaskUpdate(
+                    task_id=task_id,
+                    attempt=attempt,
+                    state=TS.TASK_STATE_STOPPED,
+                    exit_code=exit_code,
+                    reason=reason[: validate.MAX_TEXT_LEN],
                     node_id=self.node_id,
                 )
             )

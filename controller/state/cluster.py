@@ -213,6 +213,16 @@ class ClusterState:
 
     # ---- queries: jobs and tasks -----------------------------------------
 
+    def stopping_on_node(self, node_id: str) -> list[tuple[str, int]]:
+        """(task id, attempt) of the node's STOPPING tasks, sorted: cancelled, not yet reported stopped."""
+        s = self._s
+        out = []
+        for tid in sorted(s.on_node.get(node_id, ())):
+            t = s.tasks[tid].task
+            if t.node_id == node_id and t.state == TS.TASK_STATE_STOPPING:
+                out.append((t.id, t.attempt))
+        return out
+
     def jobs(self, include_finished: bool = False) -> list[types_pb2.Job]:
         """Jobs in submission order; finished ones (complete, failed, cancelled) only on request."""
         return [_copy(j) for j in self._s.jobs.values() if include_finished or j.state not in JOB_FINISHED]
