@@ -141,6 +141,8 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
                 )
             )
         counts = state.counts()
+        # Read-only and on this replica: equal digests at equal indexes mean equal replicated states.
+        digest, digest_index = (state.digest(), state.applied_index) if request.with_digest else ("", 0)
         return control_pb2.ClusterStatus(
             leader_id=leader,
             leader_api_address=self.r.member_api_address(leader),
@@ -153,6 +155,8 @@ class ControlServicer(control_pb2_grpc.ControlServiceServicer):
             nodes_ready=counts["nodes_ready"],
             jobs_total=counts["jobs_total"],
             tasks_by_state=counts["tasks_by_state"],
+            state_digest=digest,
+            state_digest_index=digest_index,
         )
 
     @rpc
