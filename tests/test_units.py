@@ -15,7 +15,14 @@ def test_parse_cpu(text, millis):
 
 @pytest.mark.parametrize(
     "text,nbytes",
-    [("512Mi", 512 * 2**20), ("1Gi", 2**30), ("1Ti", 2**40), ("1G", 10**9), ("1024", 1024), ("50GiB", 50 * 2**30)],
+    [
+        ("512Mi", 512 * 2**20),
+        ("1Gi", 2**30),
+        ("1Ti", 2**40),
+        ("1G", 10**9),
+        ("1024", 1024),
+        ("50GiB", 50 * 2**30),
+    ],
 )
 def test_parse_memory(text, nbytes):
     assert units.parse_memory(text) == nbytes
