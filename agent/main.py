@@ -121,13 +121,14 @@ class Agent:
         by_key = {(a.task_id, a.attempt): a for a in desired.tasks}
         have = {k: reconciler.Have(running=r.running) for k, r in self.runner.records().items()}
         plan = reconciler.diff(by_key, have)
+        # Recorded first so that the one synchronous write before the forks
+        # carries it; equal versions re-apply harmlessly after a crash.
+        self.runner.set_desired_version(desired.version)
         for key in plan.stop:
             self.runner.stop(key, "not in the desired set")
-        for key in plan.start:
-            self.runner.start(by_key[key])
+        self.runner.start_many([by_key[key] for key in plan.start])
         for key in plan.forget:
             self.runner.forget(key)
-        self.runner.set_desired_version(desired.version)
         if not plan.empty:
             log.info(
                 "desired set v%d: start %d, stop %d, forget %d",

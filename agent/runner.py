@@ -105,6 +105,9 @@ class Runner:
         self._live: dict[tuple[str, int], _Live] = {}
         self._stoppers: set[asyncio.Task] = set()
         self.desired_version = 0
+        self._dirty = False
+        self._save_seq = 0
+        self._flusher: asyncio.Task | None = None
         self.tasks_dir = store.data_dir / "tasks"
         self.tasks_dir.mkdir(exist_ok=True)
 
@@ -159,9 +162,34 @@ class Runner:
 
     def start(self, a: agent_pb2.TaskAssignment) -> TaskRecord:
         """Starts one assignment. Idempotent: a known (task, attempt) is returned as it is."""
-        key = (a.task_id, a.attempt)
-        if key in self._records:
-            return self._records[key]
+        return self.start_many([a])[0]
+
+    def start_many(self, assignments: list[agent_pb2.TaskAssignment]) -> list[TaskRecord]:
+        """Starts a batch of assignments with ONE synchronous state write before
+        the forks (not one per task: hundreds of fsyncs on the event loop kept
+        the agent from reporting for seconds, and the leader declared it down)."""
+        prepared, out = [], []
+        for a in assignments:
+            key = (a.task_id, a.attempt)
+            if key in self._records:
+                out.append(self._records[key])
+                continue
+            p = self._prepare(a)
+            out.append(p[0])
+            if len(p) > 1:
+                prepared.append(p)
+        if prepared:
+            # Persist the intent first: if the agent dies between fork and the
+            # next save, adopt() still finds the process (by its LEPTON_TASK_DIR)
+            # instead of leaving an orphan that a restart would duplicate.
+            self._save_now()
+            for r, a, env, cg in prepared:
+                self._launch(r, a, env, cg)
+        return out
+
+    def _prepare(self, a: agent_pb2.TaskAssignment) -> tuple:
+        """Records the task and makes its directory and cgroup: (record,) when it
+        failed already, else (record, assignment, env, cgroup) ready to launch."""
         t = a.template
         workdir = self.tasks_dir / safe_name(a.task_id, a.attempt)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -175,7 +203,7 @@ class Runner:
             stop_on_disconnect=t.stop_on_disconnect,
             started_at_ms=self._clock.wall_ms(),
         )
-        self._records[key] = r
+        self._records[(a.task_id, a.attempt)] = r
         env = {k: os.environ[k] for k in _PASS_ENV if k in os.environ}
         env.update(
             LEPTON_TASK_ID=a.task_id,
@@ -186,7 +214,7 @@ class Runner:
         )
         env.update(t.env)
         if not t.command:
-            return self._failed_to_start(r, "no command in the task template")
+            return (self._failed_to_start(r, "no command in the task template"),)
         try:
             cg = self._cgroups.create(
                 safe_name(a.task_id, a.attempt), t.resources.cpu_millis, t.resources.memory_bytes
@@ -194,10 +222,11 @@ class Runner:
         except OSError as e:
             cg = None
             log.warning("task %s: cgroup not created (%s); running without limits", a.task_id, e)
-        # Persist the intent first: if the agent dies between fork and the next
-        # save, adopt() still finds the process (by its LEPTON_TASK_DIR) instead
-        # of leaving an orphan that a restart would duplicate.
-        self._save()
+        return (r, a, env, cg)
+
+    def _launch(self, r: TaskRecord, a: agent_pb2.TaskAssignment, env: dict, cg) -> TaskRecord:
+        t = a.template
+        workdir = Path(r.stdout_path).parent
         try:
             with open(r.stdout_path, "ab") as out, open(r.stderr_path, "ab") as err:
                 popen = subprocess.Popen(
@@ -295,6 +324,8 @@ class Runner:
 
     def close(self) -> None:
         """Stops watching (agent shutdown); the tasks themselves keep running."""
+        if self._dirty or (self._flusher is not None and not self._flusher.done()):
+            self._save_now()  # the newest state wins (seq) even if a flush is mid-write
         loop = asyncio.get_event_loop()
         for live in self._live.values():
             with contextlib.suppress(Exception):
@@ -393,4 +424,38 @@ class Runner:
         )
 
     def _save(self) -> None:
-        self._store.save(self.desired_version, list(self._records.values()))
+        """Schedules a state write. Writes are coalesced and fsynced off the
+        event loop, so a burst of starts, exits and stops costs one write, and
+        reports keep flowing meanwhile. Losing the last write in a crash is
+        safe: adopt() finds tasks by pid or by their LEPTON_TASK_DIR."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._save_now()
+            return
+        self._dirty = True
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush(), name="state-flush")
+
+    def _save_now(self) -> None:
+        """A synchronous write, for the places that must be on disk before they go on."""
+        self._save_seq += 1
+        self._dirty = False
+        data = self._store.encode(self.desired_version, list(self._records.values()))
+        self._store.write(data, self._save_seq)
+
+    async def _flush(self) -> None:
+        while self._dirty:
+            self._dirty = False
+            self._save_seq += 1
+            # Encode on the loop (the records change there); write in a thread.
+            data = self._store.encode(self.desired_version, list(self._records.values()))
+            try:
+                await asyncio.to_thread(self._store.write, data, self._save_seq)
+            except OSError as e:
+                log.error("could not write the agent state file: %s", e)
+
+    async def flush(self) -> None:
+        """Waits until every scheduled state write is on disk."""
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import uuid
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -87,6 +88,8 @@ class StateStore:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._path = self.data_dir / "state.json"
+        self._lock = threading.Lock()
+        self._written_seq = 0
 
     def node_id(self, configured: str = "") -> str:
         """The configured id (remembered), else the remembered one, else a new one (remembered)."""
@@ -125,5 +128,20 @@ class StateStore:
             return AgentState(0, [])
 
     def save(self, desired_version: int, tasks: list[TaskRecord]) -> None:
+        self.write(self.encode(desired_version, tasks))
+
+    @staticmethod
+    def encode(desired_version: int, tasks: list[TaskRecord]) -> bytes:
+        """The file's bytes; cheap enough for the event loop (the fsync is what is not)."""
         doc = {"format": FORMAT, "desired_version": desired_version, "tasks": [asdict(t) for t in tasks]}
-        atomic_write(self._path, json.dumps(doc, indent=1, sort_keys=True).encode())
+        return json.dumps(doc, indent=1, sort_keys=True).encode()
+
+    def write(self, data: bytes, seq: int | None = None) -> None:
+        """Writes encoded state atomically. Thread-safe: with `seq`, an older
+        state never replaces a newer one that another thread wrote first."""
+        with self._lock:
+            if seq is not None:
+                if seq <= self._written_seq:
+                    return
+                self._written_seq = seq
+            atomic_write(self._path, data)

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 
 from agent import proctree
 from agent.runner import Runner, describe_exit
@@ -105,3 +106,32 @@ def test_a_corrupt_state_file_is_set_aside(tmp_path):
     store.save(2, [TaskRecord("a.0", 1)])
     doc = json.loads((tmp_path / "state.json").read_text())
     assert doc["format"] == 1 and doc["desired_version"] == 2 and doc["tasks"][0]["task_id"] == "a.0"
+
+
+async def test_a_burst_of_starts_costs_one_synchronous_state_write(tmp_path):
+    # Regression (fault suite): every start used to fsync state.json twice on
+    # the event loop; 250 starts blocked reports for seconds and the leader
+    # declared the busy node down. Now the intent is written once per batch
+    # before the forks, and later writes are coalesced off the loop.
+    runner, store, events = make_runner(tmp_path)
+    sync_writes = []
+    write = store.write
+
+    def counting_write(data, seq=None):
+        sync_writes.append(threading.current_thread() is threading.main_thread())
+        write(data, seq)
+
+    store.write = counting_write
+    batch = [assignment(f"burst.{i}", "sleep", "60") for i in range(20)]
+    try:
+        records = runner.start_many(batch)
+        assert len(records) == 20 and all(r.pid > 0 for r in records)
+        assert sync_writes == [True]  # the intent, before any fork
+        await runner.flush()
+        assert sync_writes.count(True) == 1 and len(sync_writes) <= 2
+        on_disk = json.loads((tmp_path / "data" / "state.json").read_text())
+        assert {t["task_id"]: t["pid"] for t in on_disk["tasks"]} == {r.task_id: r.pid for r in records}
+    finally:
+        await runner.stop_all("test over")
+        runner.close()
+    assert len([e for e in events if e.type == agent_pb2.TASK_EVENT_STARTED]) == 20
