@@ -3,7 +3,7 @@
 PY=${PYTHON:-}
 if [ -z "$PY" ]; then
   for cand in python3.13 python3.12 python3.11 python3; do
-    if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
       PY=$cand; break
     fi
   done
@@ -14,7 +14,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
-python -m pip install -q --upgrade pip >/dev/null
+python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 # pip's build warnings are noise for a newcomer; show them only when it fails.
 if ! python -m pip install -q -e ".${LEPTON_EXTRAS:-}" >.venv/install.log 2>&1; then
   cat .venv/install.log >&2
