@@ -36,6 +36,7 @@ import psutil
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from simagents import ROOT, Cluster, exit_on_sigterm, kill_processes_with_env  # noqa: E402
 
+from agent.proctree import find_by_env  # noqa: E402
 from lepton.client import LeptonClient  # noqa: E402
 from lepton.v1 import types_pb2  # noqa: E402
 
@@ -84,17 +85,7 @@ class Agent:
 
 
 def task_pids(job_id: str) -> list[int]:
-    needle = f"LEPTON_JOB_ID={job_id}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    if needle in f.read().split(b"\0"):
-                        found.append(int(entry))
-            except OSError:
-                continue
-    return found
+    return find_by_env("LEPTON_JOB_ID", job_id)
 
 
 def wait(what: str, fn, timeout: float = 60.0, poll: float = 0.1):

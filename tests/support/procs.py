@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from agent.proctree import find_by_env
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -195,19 +197,7 @@ class AgentProc:
 
 def task_pids(job_id: str | None) -> list[int]:
     """PIDs of task processes agents started for this job (found by LEPTON_JOB_ID in their environment)."""
-    if not job_id:
-        return []
-    found = []
-    needle = f"LEPTON_JOB_ID={job_id}".encode()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    if needle in f.read().split(b"\0"):
-                        found.append(int(entry))
-            except OSError:
-                continue
-    return found
+    return find_by_env("LEPTON_JOB_ID", job_id) if job_id else []
 
 
 def kill_task_processes(job_id: str | None) -> None:
