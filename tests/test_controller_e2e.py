@@ -186,14 +186,17 @@ async def test_leader_failover_keeps_tasks_running(cluster3):
 
 @pytest.fixture
 def uneven(tmp_path):
-    """A controller and two real agents on this machine: a 4-core node and a 64-core node.
+    """A controller and two real agents on this machine: a 2-core node and a 64-core node.
 
     Both sample the same machine, so the same busy millicores make the small
-    node hot and leave the big one nearly idle.
+    node hot and leave the big one nearly idle. The small node declares 2
+    cores so that the burner's one busy core alone is 50 % of it: with 4, an
+    otherwise idle machine left it at ~28 %, under the rebalancer's 30 %
+    imbalance threshold, and the test passed only when other load helped.
     """
     ctl = ControllerCluster(tmp_path, 1)
     small = AgentProc(
-        "small", ctl.api_addresses, tmp_path / "agent-small", tmp_path, ["--cpus", "4", "--memory", "1Ti"]
+        "small", ctl.api_addresses, tmp_path / "agent-small", tmp_path, ["--cpus", "2", "--memory", "1Ti"]
     )
     big = AgentProc(
         "big", ctl.api_addresses, tmp_path / "agent-big", tmp_path, ["--cpus", "64", "--memory", "1Ti"]
