@@ -174,10 +174,10 @@ class Runner:
             if key in self._records:
                 out.append(self._records[key])
                 continue
-            p = self._prepare(a)
-            out.append(p[0])
-            if len(p) > 1:
-                prepared.append(p)
+            r, launch = self._prepare(a)
+            out.append(r)
+            if launch is not None:
+                prepared.append((r, a, *launch))
         if prepared:
             # Persist the intent first: if the agent dies between fork and the
             # next save, adopt() still finds the process (by its LEPTON_TASK_DIR)
@@ -187,9 +187,9 @@ class Runner:
                 self._launch(r, a, env, cg)
         return out
 
-    def _prepare(self, a: agent_pb2.TaskAssignment) -> tuple:
-        """Records the task and makes its directory and cgroup: (record,) when it
-        failed already, else (record, assignment, env, cgroup) ready to launch."""
+    def _prepare(self, a: agent_pb2.TaskAssignment) -> tuple[TaskRecord, tuple[dict, object] | None]:
+        """Records the task and makes its directory and cgroup. Returns the record
+        and what _launch needs (env, cgroup), or None when it failed already."""
         t = a.template
         workdir = self.tasks_dir / safe_name(a.task_id, a.attempt)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -214,7 +214,7 @@ class Runner:
         )
         env.update(t.env)
         if not t.command:
-            return (self._failed_to_start(r, "no command in the task template"),)
+            return self._failed_to_start(r, "no command in the task template"), None
         try:
             cg = self._cgroups.create(
                 safe_name(a.task_id, a.attempt), t.resources.cpu_millis, t.resources.memory_bytes
@@ -222,7 +222,7 @@ class Runner:
         except OSError as e:
             cg = None
             log.warning("task %s: cgroup not created (%s); running without limits", a.task_id, e)
-        return (r, a, env, cg)
+        return r, (env, cg)
 
     def _launch(self, r: TaskRecord, a: agent_pb2.TaskAssignment, env: dict, cg) -> TaskRecord:
         t = a.template
