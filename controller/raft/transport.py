@@ -83,6 +83,18 @@ def message_to_pb(m: Message) -> raft_pb2.RaftMessage:
     )
 
 
+# Enum members by wire value: a dict lookup per entry instead of an IntEnum
+# constructor call, which is most of the decoding cost of a large batch.
+_ENTRY_TYPES = {int(t): t for t in EntryType}
+
+
+def _entry_type(v: int) -> EntryType:
+    t = _ENTRY_TYPES.get(v)
+    if t is None:
+        raise ValueError(f"{v} is not a valid EntryType")
+    return t
+
+
 def message_from_pb(p: raft_pb2.RaftMessage, snapshot: Snapshot | None = None) -> Message:
     return Message(
         type=MsgType(p.type),
@@ -91,7 +103,7 @@ def message_from_pb(p: raft_pb2.RaftMessage, snapshot: Snapshot | None = None) -
         term=p.term,
         log_term=p.log_term,
         index=p.index,
-        entries=tuple(Entry(e.term, e.index, EntryType(e.type), e.data) for e in p.entries),
+        entries=tuple([Entry(e.term, e.index, _entry_type(e.type), e.data) for e in p.entries]),
         commit=p.commit,
         reject=p.reject,
         reject_hint=p.reject_hint,
