@@ -39,6 +39,7 @@ from agent.runner import Runner
 from agent.sampler import Sampler
 from agent.session import Session
 from agent.state_store import StateStore
+from lepton import aio
 from lepton.v1 import agent_pb2
 
 __all__ = ["Agent", "AgentConfig", "main", "run_agent"]
@@ -246,7 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     if config.node_id:
         logs.add_context({"node_id": config.node_id})  # every line says which node wrote it
     try:
-        asyncio.run(_serve(config))
+        aio.resolve()
+    except ValueError as e:
+        print(f"lepton-agent: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        aio.run(_serve(config))
     except OSError as e:  # e.g. data dir not writable
         print(f"lepton-agent: error: {e}", file=sys.stderr)
         return 1

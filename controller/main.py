@@ -15,6 +15,7 @@ import signal
 import sys
 
 from controller.config import ConfigError, ControllerConfig, load
+from lepton import aio
 from lepton.errors import LeptonError
 
 log = logging.getLogger("lepton.controller")
@@ -84,12 +85,17 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     gc.set_threshold(*GC_THRESHOLDS)
     try:
+        aio.resolve()  # a bad $LEPTON_EVENT_LOOP is a usage error, said before anything starts
+    except ValueError as e:
+        print(f"lepton-controller: error: {e}", file=sys.stderr)
+        return 2
+    try:
         if cfg.dev:
             from controller.dev import run_dev
 
-            asyncio.run(run_dev(cfg))
+            aio.run(run_dev(cfg))
         else:
-            asyncio.run(run(cfg))
+            aio.run(run(cfg))
     except KeyboardInterrupt:
         pass
     except LeptonError as e:
