@@ -68,8 +68,11 @@ async def assert_has(c: KvCluster, node_id: str, kv: dict[str, bytes]) -> None:
     assert not missing, f"{node_id} lost {len(missing)} acknowledged writes, e.g. {missing[:5]}"
 
 
-async def test_leader_sigkill_new_leader_commits(cluster_factory):
-    c = cluster_factory()
+@pytest.mark.parametrize("event_loop_name", ["auto", "asyncio"])
+async def test_leader_sigkill_new_leader_commits(cluster_factory, event_loop_name):
+    # auto is uvloop where installed (the default of every Lepton process); the
+    # standard loop must work the same (lepton/aio.py).
+    c = cluster_factory(("--event-loop", event_loop_name))
     await c.start_all()
     old = await c.wait_leader()
     acked = await put_many(c, "a", 50)
@@ -293,3 +296,45 @@ async def test_start_refuses_foreign_data_dir_and_taken_port(tmp_path):
         assert await node.propose(KvStateMachine.encode_put("k", b"v")) > 0
     finally:
         await node.stop()
+
+
+async def test_put_stream_pipelines_puts_and_answers_each_by_id(cluster_factory):
+    """PutStream: many puts in flight on one stream, each its own entry, each answered by id."""
+    import grpc
+
+    from lepton.v1 import raft_pb2
+
+    c = cluster_factory()
+    await c.start_all()
+    lead = await c.wait_leader()
+    await c.put("warm", b"up")
+    before = await c.status(lead)
+    call = c.replicas[lead].stub.PutStream(timeout=30)
+    n = 200
+    for i in range(1, n + 1):  # all written before any result is read: pipelined
+        await call.write(raft_pb2.KvStreamPut(id=i, key=f"s{i}", value=b"v%d" % i))
+    results = [await call.read() for _ in range(n)]
+    await call.done_writing()
+    assert await call.read() is grpc.aio.EOF and await call.code() == grpc.StatusCode.OK
+    assert sorted(r.id for r in results) == list(range(1, n + 1))
+    assert all(r.code == 0 and r.error == "" for r in results)
+    assert len({r.index for r in results}) == n  # each put is its own Raft entry
+    after = await c.status(lead)
+    assert after.proposals - before.proposals == n
+    # Proposals that arrive together share Readies and fsyncs (group commit).
+    assert after.fsyncs - before.fsyncs < n
+    assert await c.get(lead, "s1", stale=False) == b"v1"
+    assert await c.get(lead, f"s{n}", stale=False) == b"v%d" % n
+
+    # On a follower every put fails on its own, naming the leader; the stream stays open.
+    follower = next(i for i in c.replicas if i != lead)
+    call = c.replicas[follower].stub.PutStream(timeout=30)
+    for i in (7, 8):
+        await call.write(raft_pb2.KvStreamPut(id=i, key=f"f{i}", value=b"x"))
+        res = await call.read()
+        assert res.id == i and res.index == 0
+        assert res.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+        assert res.leader_id == lead and "not the leader" in res.error
+    await call.done_writing()
+    assert await call.read() is grpc.aio.EOF and await call.code() == grpc.StatusCode.OK
+    assert await c.get(lead, "f7", stale=False) is None

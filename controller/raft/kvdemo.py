@@ -7,8 +7,10 @@
 `--peers` are the Raft addresses; `--listen` is where the KvDemo gRPC API
 (raft.proto) is served: Put goes through Raft (a follower answers
 FAILED_PRECONDITION with a NotLeader detail naming the leader's raft id),
-Get does a read-index barrier unless `stale` is set, Status reports the
-replica's view. Once serving, the process prints one line
+PutStream does the same for many puts in flight on one stream (each its own
+entry, each answered by id with its own status), Get does a read-index
+barrier unless `stale` is set, Status reports the replica's view and the
+driver's batching counters. Once serving, the process prints one line
 ``READY <api port> <raft port>`` to stdout, and it stops cleanly on SIGTERM
 or SIGINT. Not part of the product: it is the smallest real state machine
 that lets tests kill and restart real replica processes.
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import functools
 import logging
 import os
 import signal
@@ -27,7 +31,8 @@ from pathlib import Path
 
 import grpc
 
-from lepton.errors import LeptonError, abort
+from lepton import aio
+from lepton.errors import LeptonError, Unavailable, abort
 from lepton.v1 import raft_pb2, raft_pb2_grpc
 
 from .node import RaftConfig, RaftNode
@@ -116,6 +121,56 @@ class KvServicer(raft_pb2_grpc.KvDemoServicer):
             await abort(context, e)
         return raft_pb2.KvPutResponse(index=index)
 
+    async def PutStream(self, request_iterator, context):  # noqa: N802
+        # A reader takes requests off the stream and proposes each one without
+        # waiting; results are written back as their entries apply. A deque and
+        # an Event rather than an asyncio.Queue: this runs once per proposal.
+        done: collections.deque = collections.deque()
+        wake = asyncio.Event()
+        outstanding = 0
+        reading = True
+
+        def finished(rid: int, fut: asyncio.Future) -> None:
+            nonlocal outstanding
+            outstanding -= 1
+            if fut.cancelled():
+                done.append(_stream_error(rid, Unavailable("the put was cancelled")))
+            elif (e := fut.exception()) is not None:
+                done.append(_stream_error(rid, e if isinstance(e, LeptonError) else Unavailable(str(e))))
+            else:
+                done.append(raft_pb2.KvStreamResult(id=rid, index=fut.result()))
+            wake.set()
+
+        async def read() -> None:
+            nonlocal outstanding, reading
+            try:
+                async for req in request_iterator:
+                    try:
+                        fut = self.node.propose_nowait(KvStateMachine.encode_put(req.key, req.value))
+                    except LeptonError as e:
+                        done.append(_stream_error(req.id, e))
+                        wake.set()
+                        continue
+                    outstanding += 1
+                    fut.add_done_callback(functools.partial(finished, req.id))
+            finally:
+                reading = False
+                wake.set()
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                if done:
+                    await context.write(done.popleft())
+                    continue
+                if not reading and not outstanding:
+                    break
+                wake.clear()
+                if not done and (reading or outstanding):
+                    await wake.wait()
+        finally:
+            reader.cancel()
+
     async def Get(self, request, context):  # noqa: N802
         if not request.stale:
             try:
@@ -136,7 +191,19 @@ class KvServicer(raft_pb2_grpc.KvDemoServicer):
             applied_index=n.applied_index,
             keys=len(self.sm.data),
             snapshot_index=n.snapshot_index,
+            readies=n.stats["readies"],
+            fsyncs=n.stats["fsyncs"],
+            proposals=n.stats["proposals"],
         )
+
+
+def _stream_error(rid: int, err: LeptonError) -> raft_pb2.KvStreamResult:
+    return raft_pb2.KvStreamResult(
+        id=rid,
+        code=err.code.value[0],
+        error=str(err),
+        leader_id=getattr(err, "leader_id", ""),
+    )
 
 
 def parse_peers(text: str) -> dict[str, str]:
@@ -166,6 +233,7 @@ async def serve(args: argparse.Namespace) -> None:
         fsync=not args.no_fsync,
         cluster_id=args.cluster_id,
         wal_segment_bytes=args.segment_bytes,
+        batch_linger=args.batch_linger,
     )
     node = RaftNode(cfg, sm)
     await node.start()
@@ -196,14 +264,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--snapshot-entries", type=int, default=10_000)
     ap.add_argument("--segment-bytes", type=int, default=64 * 1024 * 1024)
     ap.add_argument("--no-fsync", action="store_true")
+    ap.add_argument(
+        "--batch-linger",
+        type=float,
+        default=RaftConfig.batch_linger,
+        help="seconds to wait for more proposals while others are in flight (0: never)",
+    )
     ap.add_argument("--log-level", default="WARNING")
+    ap.add_argument(
+        "--event-loop",
+        choices=aio.CHOICES,
+        default=None,
+        help=f"default: ${aio.ENV}, else auto (uvloop if installed)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         parse_peers(args.peers)
         if args.id not in parse_peers(args.peers):
             raise ValueError(f"--peers does not name this replica ({args.id})")
-        asyncio.run(serve(args))
+        aio.run(serve(args), loop=args.event_loop)
     except (ValueError, LeptonError, OSError) as e:
         print(f"kvdemo: error: {e}", file=sys.stderr)
         return 2
