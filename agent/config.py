@@ -60,6 +60,7 @@ class AgentConfig:
     enable_cgroups: bool = True
     log_level: str = "INFO"
     log_format: str = "text"  # text | json (docs/observability.md)
+    event_loop: str = "auto"  # auto | asyncio | uvloop (lepton/aio.py)
     metrics_listen: str = ""  # HTTP /metrics + /healthz; "" = off
     # TLS towards the controllers (docs/security.md): this agent's certificate
     # (its CN or a SAN must be the node id) and the CA the controllers' certificates
@@ -143,6 +144,14 @@ def _parse_log_format(text: str) -> str:
     return s
 
 
+def _parse_event_loop(text: str) -> str:
+    from lepton import aio
+
+    choice = str(text).strip().lower()
+    aio.resolve(choice)  # ValueError with the reason when unknown or not installed
+    return choice
+
+
 def _parse_listen(text: str) -> str:
     s = str(text).strip()
     host, sep, port = s.rpartition(":")
@@ -186,6 +195,11 @@ _OPTIONS: dict[str, tuple[Callable[[Any], Any], str, str]] = {
     "cgroups": (_parse_bool, "enable_cgroups", "use cgroup v2 limits when writable (true/false)"),
     "log-level": (str, "log_level", "DEBUG, INFO, WARNING or ERROR"),
     "log-format": (_parse_log_format, "log_format", "text (default) or json: one JSON object per line"),
+    "event-loop": (
+        _parse_event_loop,
+        "event_loop",
+        "auto (default: uvloop when installed), asyncio or uvloop",
+    ),
     "metrics-listen": (
         _parse_listen,
         "metrics_listen",

@@ -247,12 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     if config.node_id:
         logs.add_context({"node_id": config.node_id})  # every line says which node wrote it
     try:
-        aio.resolve()
-    except ValueError as e:
-        print(f"lepton-agent: error: {e}", file=sys.stderr)
-        return 2
-    try:
-        aio.run(_serve(config))
+        aio.run(_serve(config), loop=config.event_loop)
     except OSError as e:  # e.g. data dir not writable
         print(f"lepton-agent: error: {e}", file=sys.stderr)
         return 1

@@ -85,17 +85,12 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     gc.set_threshold(*GC_THRESHOLDS)
     try:
-        aio.resolve()  # a bad $LEPTON_EVENT_LOOP is a usage error, said before anything starts
-    except ValueError as e:
-        print(f"lepton-controller: error: {e}", file=sys.stderr)
-        return 2
-    try:
         if cfg.dev:
             from controller.dev import run_dev
 
-            aio.run(run_dev(cfg))
+            aio.run(run_dev(cfg), loop=cfg.event_loop)
         else:
-            aio.run(run(cfg))
+            aio.run(run(cfg), loop=cfg.event_loop)
     except KeyboardInterrupt:
         pass
     except LeptonError as e:

@@ -3,10 +3,12 @@
 uvloop (libuv) when it is installed, else the standard library's loop. Our
 servers spend much of their time in the loop's own machinery (callbacks,
 futures, timers, socket readiness) around gRPC calls; uvloop does that in C,
-which measured about 10 % more Raft commits per second per core in
+which measured about 10 % more Raft commits per second in
 bench/raft_bench.py. Nothing in Lepton depends on uvloop's behaviour:
-`LEPTON_EVENT_LOOP=asyncio` (or a process's `--event-loop asyncio`) runs
-the same code on the standard loop, and the tests run both.
+`--event-loop asyncio` (or `LEPTON_EVENT_LOOP=asyncio`) on lepton-controller,
+lepton-agent or kvdemo runs the same code on the standard loop. The test
+suite runs in-process servers on the standard loop and spawned processes on
+the default (uvloop), and one Raft process test on each.
 """
 
 from __future__ import annotations
