@@ -1,18 +1,23 @@
 """Raft benchmark: Lepton's Raft (3 kvdemo processes) beside etcd 3.4 (3 members), both on loopback, fsync on.
 
 Prints, for each system: sequential commits from one client (commits/s, p50
-and p99 latency), commits/s with 64 concurrent proposers, writes/s when each
+and p99 latency), commits/s with 64 concurrent proposers (each with one put
+in flight, each put its own Raft entry / etcd revision: once with a unary
+call per put on both systems, and for Lepton once more with a PutStream per
+proposer, since that is how a Python server avoids paying a whole gRPC call
+per proposal; etcd's API has no streaming put), writes/s when each
 proposal carries a batch of writes (the shape of Lepton's control-plane
 work: one placement round commits all its assignments as one entry; for
 etcd one transaction of puts), and leader SIGKILL
 -> new leader elected and a write committed (p50 and max over the trials);
 then Lepton/etcd ratios. Both are driven by the same Python gRPC (asyncio)
-client, so client overhead is the same on both sides; etcd is reached through
+client on the same event loop (--client-loop; uvloop when installed), so
+client overhead is the same on both sides for the same call shape; etcd is reached through
 its real gRPC API (etcdserverpb.KV/Put, Maintenance/Status) with message
 classes built here from descriptors (field numbers as in etcd's rpc.proto),
 so no etcd Python package is needed. Not a test: it prints figures.
 
-    python bench/raft_bench.py [--seq 500] [--conc-total 4000] [--trials 10] [--skip-etcd]
+    python bench/raft_bench.py [--seq 500] [--conc-total 4000] [--stream-total 19200] [--trials 10] [--skip-etcd]
 
 etcd comes from Debian's `etcd-server` package (apt-get install -y
 etcd-server etcd-client); when the `etcd` binary is missing the etcd half is
@@ -32,12 +37,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
+# The client spawns the replicas from its event loop; with uvloop that is a
+# plain fork(), and gRPC's fork handlers would log a line for each one.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import grpc  # noqa: E402
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from controller.raft.kvdemo import KvCluster, free_port  # noqa: E402
+from lepton import aio  # noqa: E402
 from lepton.v1 import raft_pb2  # noqa: E402
 
 VALUE = b"v" * 100
@@ -72,6 +82,31 @@ class LeptonSystem:
 
         return put
 
+    def stream_putter(self, node: str):
+        """A proposer with its own PutStream: one put in flight at a time, each its own entry."""
+        stub = self.c.replicas[node].stub
+        call = None
+        seq = 0
+
+        async def put(key: str) -> None:
+            nonlocal call, seq
+            if call is None:
+                call = stub.PutStream(timeout=60)
+            seq += 1
+            await call.write(raft_pb2.KvStreamPut(id=seq, key=key, value=VALUE))
+            res = await call.read()
+            if res is grpc.aio.EOF or res.id != seq or res.code != 0:
+                raise RuntimeError(f"stream put {key} failed: {res}")
+
+        async def close() -> None:
+            if call is not None:
+                await call.done_writing()
+                while await call.read() is not grpc.aio.EOF:  # until the server ends the call
+                    pass
+
+        put.close = close  # type: ignore[attr-defined]
+        return put
+
     def batch_putter(self, node: str):
         stub = self.c.replicas[node].stub
 
@@ -83,6 +118,9 @@ class LeptonSystem:
 
     async def put_anywhere(self, key: str) -> None:
         await self.c.put(key, VALUE, within=30)
+
+    async def stats(self, node: str):
+        return await self.c.status(node)
 
     async def kill(self, node: str) -> None:
         await self.c.kill(node, signal.SIGKILL)
@@ -330,9 +368,36 @@ async def measure(sys_, args) -> dict[str, float]:
     el = time.perf_counter() - t0
     out["conc_commits_per_s"] = per * args.concurrency / el
     print(
-        f"  [{sys_.name}] {args.concurrency} concurrent proposers: {out['conc_commits_per_s']:.0f}/s",
+        f"  [{sys_.name}] {args.concurrency} concurrent proposers, a unary call each: "
+        f"{out['conc_commits_per_s']:.0f}/s",
         flush=True,
     )
+    if hasattr(sys_, "stream_putter"):
+        # The same 64 proposers, each with one put in flight, each put its own Raft
+        # entry; but each proposer keeps a stream open instead of paying for a whole
+        # gRPC call per put (etcd's API has no streaming put).
+        putters = [sys_.stream_putter(leader) for _ in range(args.concurrency)]
+
+        async def stream_worker(w: int, rounds: int, tag: str) -> None:
+            for i in range(rounds):
+                await putters[w](f"{tag}{w}-{i}")
+
+        await asyncio.gather(*(stream_worker(w, 5, "sw") for w in range(args.concurrency)))  # open streams
+        st0 = await sys_.stats(leader)
+        sper = args.stream_total // args.concurrency
+        t0 = time.perf_counter()
+        await asyncio.gather(*(stream_worker(w, sper, "s") for w in range(args.concurrency)))
+        el = time.perf_counter() - t0
+        st1 = await sys_.stats(leader)
+        out["stream_commits_per_s"] = sper * args.concurrency / el
+        batch = (st1.proposals - st0.proposals) / max(1, st1.fsyncs - st0.fsyncs)
+        print(
+            f"  [{sys_.name}] {args.concurrency} concurrent proposers, a stream each: "
+            f"{out['stream_commits_per_s']:.0f}/s ({batch:.1f} proposals per leader fsync)",
+            flush=True,
+        )
+        for p in putters:
+            await p.close()
 
     put_many = sys_.batch_putter(leader)
     per = args.batch_total // args.batch_concurrency
@@ -393,12 +458,15 @@ async def main_async(args) -> int:
         ("seq_commits_per_s", "sequential commits/s (1 client)", True),
         ("seq_p50_ms", "sequential latency p50 ms", False),
         ("seq_p99_ms", "sequential latency p99 ms", False),
-        ("conc_commits_per_s", f"commits/s, {args.concurrency} concurrent proposers", True),
+        ("conc_commits_per_s", f"commits/s, {args.concurrency} proposers, unary calls", True),
+        ("stream_commits_per_s", f"commits/s, {args.concurrency} proposers (lepton: a stream each)", True),
         ("batch_writes_per_s", f"writes/s in batches of {args.batch} (one entry / one txn each)", True),
         ("failover_p50_ms", f"leader SIGKILL -> write committed, p50 ms ({args.trials} trials)", False),
         ("failover_max_ms", "leader SIGKILL -> write committed, max ms", False),
     ]
-    lep, etc = results.get("lepton", {}), results.get("etcd", {})
+    lep, etc = results.get("lepton", {}), dict(results.get("etcd", {}))
+    if "conc_commits_per_s" in etc:
+        etc["stream_commits_per_s"] = etc["conc_commits_per_s"]  # etcd: its unary Put is all it has
     print()
     print(f"{'figure':<58} {'lepton':>10} {'etcd 3.4':>10} {'ratio':>8}")
     for key, label, higher_better in rows:
@@ -418,15 +486,23 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seq", type=int, default=500, help="sequential proposals")
     ap.add_argument("--conc-total", type=int, default=4000, help="proposals in the concurrent run")
+    ap.add_argument("--stream-total", type=int, default=19200, help="proposals in the streamed run (Lepton)")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--batch", type=int, default=50, help="writes per batched proposal (etcd: per txn)")
     ap.add_argument("--batch-total", type=int, default=640, help="batched proposals in all")
     ap.add_argument("--batch-concurrency", type=int, default=16)
     ap.add_argument("--trials", type=int, default=10, help="leader-kill trials")
     ap.add_argument("--skip-etcd", action="store_true")
+    ap.add_argument(
+        "--client-loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop of this (client) process, the same for both systems (auto: uvloop if installed)",
+    )
     args = ap.parse_args()
+    print(f"client event loop: {aio.describe(args.client_loop)}", flush=True)
     try:
-        return asyncio.run(main_async(args))
+        return aio.run(main_async(args), loop=args.client_loop)
     except KeyboardInterrupt:
         return 130
 
