@@ -6,8 +6,8 @@ RegisterNode, answered with Welcome and immediately with the node's full
 desired set. From then on the handler writes the desired set again whenever
 a committed command changes it (sessions.py decides), while a reader task
 consumes Reports (soft state: usage, last report time) and TaskEvents
-(proposed as TaskUpdate; events of different tasks go out concurrently so
-Raft batches them, events of one task in order). When this replica stops
+(collected from all streams into TaskUpdates entries by TaskUpdateBatcher:
+one entry per batch, updates in arrival order). When this replica stops
 leading, the stream ends with NotLeader so the agent reconnects to the new
 leader.
 
@@ -77,9 +77,65 @@ def update_from_event(node_id: str, ev: agent_pb2.TaskEvent) -> commands_pb2.Tas
     )
 
 
+class TaskUpdateBatcher:
+    """Proposes the task updates of every agent stream as TaskUpdates entries, in arrival order.
+
+    An update waits at most for the batch ahead of it: whatever arrived
+    meanwhile goes out together as the next entry (up to MAX_BATCH), with at
+    most IN_FLIGHT entries proposed and not yet applied. Arrival order is
+    proposal order is log order, so the updates of one task apply in the order
+    its agent sent them. A proposal that fails as a whole (this replica lost
+    the lead, or the outcome is unknown) drops its updates: the agents' next
+    reports are compared with the state and bring the missing ones back
+    (_TaskTracker.reconcile), as after any failover.
+    """
+
+    MAX_BATCH = 256  # far below the 4 MiB message limit even with the longest reasons
+    IN_FLIGHT = 2
+
+    def __init__(self, replica) -> None:
+        self.r = replica
+        self._pending: list[tuple[commands_pb2.TaskUpdate, _TaskTracker]] = []
+        self._flushing = 0
+
+    def submit(self, upd: commands_pb2.TaskUpdate, tracker: _TaskTracker) -> None:
+        self._pending.append((upd, tracker))
+        if self._flushing < self.IN_FLIGHT:
+            self._flushing += 1
+            # Tasks start in creation order, so batches reach Raft in order.
+            asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[: self.MAX_BATCH], self._pending[self.MAX_BATCH :]
+                body = commands_pb2.TaskUpdates(updates=[u for u, _ in batch])
+                try:
+                    results = await self.r.propose(body)
+                except NotLeader:
+                    # Nothing more will commit here; the agents reconnect to the new leader.
+                    dropped, self._pending = batch + self._pending, []
+                    for u, t in dropped:
+                        t.forget(u)
+                    return
+                except LeptonError as e:
+                    log.info("%d task updates not applied: %s", len(batch), e)
+                    results = [e] * len(batch)
+                for (u, t), err in zip(batch, results, strict=True):
+                    if err is not None:
+                        # Stale attempts and finished tasks are rejected by apply: expected after moves.
+                        log.debug(
+                            "task update %s/%d from %s not applied: %s", u.task_id, u.attempt, u.node_id, err
+                        )
+                        t.forget(u)
+        finally:
+            self._flushing -= 1
+
+
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, replica) -> None:
         self.r = replica
+        self.batcher = TaskUpdateBatcher(replica)
 
     async def Connect(self, request_iterator, context):
         try:
@@ -126,7 +182,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 )
             )
         )
-        tracker = _TaskTracker(r, node_id)
+        tracker = _TaskTracker(r, node_id, self.batcher)
         tracker.reconcile(hello.tasks)
         reader = asyncio.create_task(self._read(session, it, tracker), name=f"agent-read-{node_id}")
         try:
@@ -146,7 +202,6 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
-            await tracker.close()
             r.sessions.close(session)
             log.info("agent %s stream closed", node_id)
         if not r.is_leader:
@@ -182,16 +237,16 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
 
 class _TaskTracker:
-    """Proposes TaskUpdates for one agent: per task in order, across tasks concurrently.
+    """Decides which of one agent's task updates to propose; the batcher proposes them.
 
     It remembers what it last proposed per (task, attempt) so a state that
     reports repeat every second is proposed once, not once per report.
     """
 
-    def __init__(self, replica, node_id: str) -> None:
+    def __init__(self, replica, node_id: str, batcher: TaskUpdateBatcher) -> None:
         self.r = replica
         self.node_id = node_id
-        self._chains: dict[str, asyncio.Task] = {}
+        self.batcher = batcher
         self._proposed: dict[tuple[str, int], int] = {}
 
     def concerns_node(self, task_id: str) -> bool:
@@ -214,24 +269,13 @@ class _TaskTracker:
             # Only an optimisation against repeats: forgetting costs at most a no-op proposal.
             self._proposed.clear()
         self._proposed[key] = upd.state
-        prev = self._chains.get(upd.task_id)
-        self._chains[upd.task_id] = asyncio.create_task(self._propose_after(prev, upd))
+        self.batcher.submit(upd, self)
 
-    async def _propose_after(self, prev: asyncio.Task | None, upd: commands_pb2.TaskUpdate) -> None:
-        if prev is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await prev
-        try:
-            await self.r.propose(upd)
-        except NotLeader:
-            pass
-        except LeptonError as e:
-            # Stale attempts and finished tasks are rejected by apply: expected after moves.
-            log.debug("task update %s/%d from %s not applied: %s", upd.task_id, upd.attempt, self.node_id, e)
-            self._proposed.pop((upd.task_id, upd.attempt), None)
-        finally:
-            if self._chains.get(upd.task_id) is asyncio.current_task():
-                del self._chains[upd.task_id]
+    def forget(self, upd: commands_pb2.TaskUpdate) -> None:
+        """The update did not apply: a later report of the same state is proposed again."""
+        key = (upd.task_id, upd.attempt)
+        if self._proposed.get(key) == upd.state:
+            del self._proposed[key]
 
     def reconcile(self, running) -> None:
         """Proposes the agent's view of a task where the replicated state disagrees."""
@@ -290,11 +334,3 @@ class _TaskTracker:
                     node_id=self.node_id,
                 )
             )
-
-    async def close(self) -> None:
-        chains = list(self._chains.values())
-        for t in chains:
-            t.cancel()
-        for t in chains:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t

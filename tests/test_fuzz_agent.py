@@ -141,7 +141,7 @@ def check(controller, channel, msgs) -> tuple[grpc.StatusCode, bool]:
     if not welcomed:
         assert "register_node" not in kinds, (code, details, msgs[:1])
     # No jobs exist, so nothing an agent says may become a task update.
-    assert "task_update" not in kinds
+    assert not {"task_update", "task_updates"} & set(kinds)
     ctl = grpc.insecure_channel(controller.address)
     try:
         control_pb2_grpc.ControlServiceStub(ctl).GetClusterStatus(

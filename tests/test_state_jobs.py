@@ -256,3 +256,40 @@ def test_update_rejections(case, body, err):
     before = h.state.digest()
     assert isinstance(h.apply(body), err)
     assert h.state.digest() == before
+
+
+def test_task_updates_batch_applies_each_in_order_and_reports_each_error():
+    """TaskUpdates: the agents' updates of one batch, each as its own TaskUpdate would apply."""
+    one, batch = Harness(), Harness()
+    for h in (one, batch):
+        h.add_node("n1")
+        h.add_node("n2")
+        h.submit("j1", count=3, batch=True)
+        h.place({"j1.0": "n1", "j1.1": "n2", "j1.2": "n1"})
+    U = commands_pb2.TaskUpdate  # noqa: N806
+    updates = [
+        U(task_id="j1.0", attempt=1, state=TS.TASK_STATE_RUNNING, node_id="n1"),
+        U(task_id="zz.9", attempt=1, state=TS.TASK_STATE_RUNNING),  # unknown task
+        U(task_id="j1.1", attempt=1, state=TS.TASK_STATE_RUNNING, node_id="n2"),
+        U(task_id="j1.1", attempt=1, state=TS.TASK_STATE_LOST),  # not reportable
+        U(task_id="j1.0", attempt=1, state=TS.TASK_STATE_SUCCEEDED, node_id="n1"),  # after its RUNNING
+        U(task_id="j1.2", attempt=1, state=TS.TASK_STATE_RUNNING, node_id="n2"),  # not its node: ignored
+    ]
+    singles = [one.apply(u) for u in updates]
+    results = batch.apply(commands_pb2.TaskUpdates(updates=updates))
+    assert [type(r) for r in results] == [
+        type(None),
+        NotFound,
+        type(None),
+        InvalidArgument,
+        type(None),
+        type(None),
+    ]
+    assert isinstance(singles[1], NotFound) and isinstance(singles[3], InvalidArgument)
+    for tid in ("j1.0", "j1.1", "j1.2"):
+        a, b = one.state.task(tid), batch.state.task(tid)
+        assert (a.state, a.node_id, a.attempt) == (b.state, b.node_id, b.attempt), tid
+    assert batch.state.task("j1.0").state == TS.TASK_STATE_SUCCEEDED
+    assert batch.state.task("j1.1").state == TS.TASK_STATE_RUNNING
+    assert batch.state.task("j1.2").state == TS.TASK_STATE_ASSIGNED
+    assert one.state.job("j1").state == batch.state.job("j1").state

@@ -63,6 +63,7 @@ _HANDLERS = {
     "cancel_job": jobs.cancel_job,
     "commit_plan": plan.commit_plan,
     "task_update": tasks.task_update,
+    "task_updates": tasks.task_updates,
     "migrate_task": tasks.migrate_task,
     "cancel_migration": tasks.cancel_migration,
 }

@@ -15,7 +15,7 @@ the target as a preferred node.
 
 from __future__ import annotations
 
-from lepton.errors import FailedPrecondition, InvalidArgument, NotFound
+from lepton.errors import FailedPrecondition, InvalidArgument, LeptonError, NotFound
 from lepton.v1 import commands_pb2, types_pb2
 
 from . import validate
@@ -82,6 +82,19 @@ def task_update(store: Store, ctx: ApplyContext, body: commands_pb2.TaskUpdate) 
     else:
         _exited(store, ctx, rec, body)
     return t
+
+
+def task_updates(store: Store, ctx: ApplyContext, body: commands_pb2.TaskUpdates) -> list[LeptonError | None]:
+    """Each update as task_update applies it, in order; returns None or the error for each."""
+    results: list[LeptonError | None] = []
+    for upd in body.updates:
+        try:
+            task_update(store, ctx, upd)  # validates before it changes anything
+        except LeptonError as e:
+            results.append(e)
+        else:
+            results.append(None)
+    return results
 
 
 def _exited(
