@@ -234,6 +234,22 @@ def test_replication_batches_and_commits() -> None:
     assert all(len(m.entries) <= 8 for m in apps) and len(apps) <= 8
 
 
+def test_append_messages_are_bounded_by_bytes_too() -> None:
+    net = cluster(3, max_msg_entries=64, max_msg_bytes=1000)
+    ld = net.elect("n1")
+    net.sent.clear()
+    for i in range(6):
+        ld.propose(bytes([65 + i]) * 400)  # three fit in 1000 bytes only as two
+    ld.propose(b"x" * 5000)  # larger than the cap: still sent, alone
+    net.run()
+    apps = [m for m in net.sent if m.type == MsgType.APP and m.to == "n2" and m.entries]
+    assert all(sum(len(e.data) for e in m.entries) <= 1000 or len(m.entries) == 1 for m in apps)
+    assert any(len(m.entries) == 1 and len(m.entries[0].data) == 5000 for m in apps)
+    assert all(c.commit == ld.commit for c in net.cores.values())
+    datas = [e.data for e in net.applied["n3"] if e.type == EntryType.NORMAL]
+    assert datas == [bytes([65 + i]) * 400 for i in range(6)] + [b"x" * 5000]
+
+
 def test_leader_does_not_commit_old_term_entry_by_counting_replicas() -> None:
     """Raft Figure 8: an entry of an earlier term is committed only with one of the current term."""
     ids = ("n1", "n2", "n3", "n4", "n5")

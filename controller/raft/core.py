@@ -100,6 +100,7 @@ class RaftCore(LeaderMixin):
         pre_vote: bool = True,
         check_quorum: bool = True,
         max_msg_entries: int = 64,
+        max_msg_bytes: int = 1 << 20,
         max_inflight: int = 256,
         hard_state: HardState | None = None,
         snapshot: Snapshot | None = None,
@@ -115,6 +116,8 @@ class RaftCore(LeaderMixin):
         self.pre_vote = pre_vote
         self.check_quorum = check_quorum
         self.max_msg_entries = max_msg_entries
+        # Entry data bytes per AppendEntries (0 = no limit); one entry always fits.
+        self.max_msg_bytes = max_msg_bytes
         self.max_inflight = max_inflight
 
         fresh = hard_state is None and snapshot is None and not entries

@@ -178,6 +178,17 @@ class LeaderMixin:
         if nxt <= last:
             hi = min(nxt + self.max_msg_entries, last + 1)
             ents = tuple(log.slice(nxt, hi))
+            cap = self.max_msg_bytes
+            if cap and len(ents) > 1:
+                # Also bounded by size (etcd's MaxSizePerMsg): a few large entries
+                # must not add up to a message the transport cannot carry. At
+                # least one entry always goes, whatever its size.
+                size = 0
+                for i, e in enumerate(ents):
+                    size += len(e.data)
+                    if size > cap and i > 0:
+                        ents = ents[:i]
+                        break
         else:
             if not send_empty:
                 return False
