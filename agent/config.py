@@ -60,7 +60,9 @@ class AgentConfig:
     enable_cgroups: bool = True
     log_level: str = "INFO"
     log_format: str = "text"  # text | json (docs/observability.md)
-    event_loop: str = "auto"  # auto | asyncio | uvloop (lepton/aio.py)
+    # The standard loop: the agent is not throughput-bound, and uvloop would
+    # cost it about 2 MB of its 45 MB RSS budget (bench/agent_footprint.py).
+    event_loop: str = "asyncio"  # asyncio | uvloop | auto (lepton/aio.py)
     metrics_listen: str = ""  # HTTP /metrics + /healthz; "" = off
     # TLS towards the controllers (docs/security.md): this agent's certificate
     # (its CN or a SAN must be the node id) and the CA the controllers' certificates
