@@ -238,6 +238,7 @@ class ControllerServer:
         sessions = SessionRegistry()
         state = ClusterState()
         sessions.desired_version = state.desired_version
+        sessions.desired_changes = state.take_desired_changes
         node = self._make_node(NotifyingStateMachine(state, sessions.notify_applied))
         replica = Replica(self.cfg, self.clock, state, node, sessions)
         self.replica = replica

@@ -200,6 +200,15 @@ class ClusterState:
         rec = self._s.nodes.get(node_id)
         return rec.desired_version if rec is not None else 0
 
+    def take_desired_changes(self) -> set[str] | None:
+        """Nodes whose desired set changed since the last call; None = unknown, check every node.
+
+        Not replicated state: the leader uses it to wake only the agent streams
+        that have something new to send.
+        """
+        changed, self._s.desired_changed = self._s.desired_changed, set()
+        return changed
+
     def stale_tasks(self, node_id: str) -> list[tuple[str, int]]:
         """(task id, attempt) of copies lost when the node went down, until its agent re-registers."""
         rec = self._s.nodes.get(node_id)

@@ -89,6 +89,10 @@ class Store:
         self.on_node: dict[str, set[str]] = {}
         # job id -> {task state: number of its tasks in it}; keeps job-state derivation O(1)
         self.job_counts: dict[str, dict[int, int]] = {}
+        # Nodes whose desired set changed since the leader last asked (not
+        # replicated, not in snapshots: it only tells the agent streams whom to
+        # wake). None = unknown (after a restore): every stream checks.
+        self.desired_changed: set[str] | None = None
 
     # ---- derived indexes -------------------------------------------------
 
@@ -130,6 +134,8 @@ class Store:
         rec = self.nodes.get(node_id)
         if rec is not None and rec.desired_version < ctx.index:
             rec.desired_version = ctx.index
+            if self.desired_changed is not None:
+                self.desired_changed.add(node_id)
 
     # ---- helpers used by the handlers -----------------------------------
 
