@@ -220,17 +220,27 @@ def _body(assignments, preemptions, pending_by_id, tasks_by_id):
     return body
 
 
+async def _copy_sliced(slices) -> list:
+    """Collects the copies a *_sliced() query makes, letting the event loop run between slices."""
+    out: list = []
+    for chunk in slices:
+        out.extend(chunk)
+        await asyncio.sleep(0)
+    return out
+
+
 async def placement_round(replica, term: int, policy: Policy = Policy.BINPACK) -> int:
     """Plans every pending task once and commits the plan (in slices of at most
     MAX_ASSIGNMENTS_PER_PLAN assignments, one Raft entry each). Returns tasks assigned.
 
-    Only the copies of the records are taken on the event loop; building the
-    view and planning (pure functions of those copies) run in a worker thread,
-    because at 50,000 tasks they take around a second, and the same loop must
-    keep sending Raft heartbeats (a loop blocked longer than the election
-    timeout costs the leadership) and taking agent reports meanwhile. The plan
-    may be a little stale by the time it is proposed: apply re-checks every
-    item, as it does for any plan.
+    Only the copies of the records are taken on the event loop, in slices
+    with a yield between them; building the view and planning (pure
+    functions of those copies) run in a worker thread, because at 50,000
+    tasks they take seconds, and the same loop must keep sending Raft
+    heartbeats (a loop blocked longer than the election timeout costs the
+    leadership) and taking agent reports meanwhile. The plan may be a little
+    stale by the time it is proposed: apply re-checks every item, as it does
+    for any plan.
     """
     state = replica.state
     pending = list(state.pending_tasks())
@@ -239,8 +249,10 @@ async def placement_round(replica, term: int, policy: Policy = Policy.BINPACK) -
         return 0
     jobs = jobs_by_id(state)
     # build_view only looks at tasks holding resources, and preemption victims are among them.
-    all_tasks = state.holding_tasks()
-    nodes = state.nodes()
+    all_tasks, nodes = (
+        await _copy_sliced(state.holding_tasks_sliced()),
+        await _copy_sliced(state.nodes_sliced()),
+    )
     live = live_usage_of(replica)
     # A task moved stop-then-start by the rebalancer must not land back on the hot node it left.
     moved_off = [t.id for t in pending if state.preferred_node(t.id)]

@@ -241,6 +241,11 @@ class _ReplicaCollector:
             ("proposals", "lepton_raft_proposals", "Proposals taken into the log by this replica as leader"),
             ("fsyncs", "lepton_raft_wal_fsyncs", "WAL fsync batches (group commits)"),
             ("applied", "lepton_raft_entries_applied", "Log entries applied on this replica"),
+            (
+                "late_ticks",
+                "lepton_raft_late_ticks",
+                "Raft ticks that ran more than half an election timeout late (an overloaded event loop)",
+            ),
         ):
             if key in stats:
                 yield CounterMetricFamily(name, doc, value=stats[key])

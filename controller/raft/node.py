@@ -172,7 +172,14 @@ class RaftNode:
         self._transfers: list[tuple[str, asyncio.Future]] = []
         self._synced: tuple[int, str] = (0, "")  # term and vote as last fsynced
         # Counters for benchmarks and status pages (exported by controller/observability).
-        self.stats = {"readies": 0, "fsyncs": 0, "proposals": 0, "applied": 0, "leader_changes": 0}
+        self.stats = {
+            "readies": 0,
+            "fsyncs": 0,
+            "proposals": 0,
+            "applied": 0,
+            "leader_changes": 0,
+            "late_ticks": 0,  # ticks that came more than half an election timeout late
+        }
         # Called with the seconds each WAL fsync batch took (metrics); None = not measured.
         self.on_fsync: Callable[[float], None] | None = None
         # One thread for all WAL and snapshot I/O (made in start()): writes stay in
@@ -416,8 +423,30 @@ class RaftNode:
         self._wake.set()
 
     async def _ticker(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.cfg.tick_interval
+        # Heartbeats ride on ticks: a tick this late means followers may already
+        # be counting down to an election (etcd warns the same way: "leader
+        # failed to send out heartbeat on time").
+        warn_after = interval * max(1, self.cfg.election_ticks // 2)
+        last_warn = -1e9
+        due = loop.time() + interval
         while True:
-            await asyncio.sleep(self.cfg.tick_interval)
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            now = loop.time()
+            late = now - due
+            due = now + interval
+            if late > warn_after:
+                self.stats["late_ticks"] += 1
+                if self.is_leader and now - last_warn > 10:
+                    last_warn = now
+                    log.warning(
+                        "raft %s: the event loop ran %.0f ms late (heartbeats are due every %.0f ms): "
+                        "this leader is overloaded and followers may start an election",
+                        self.cfg.id,
+                        late * 1000,
+                        interval * self.cfg.heartbeat_ticks * 1000,
+                    )
             self._inbox.append(("tick", None, None))
             self._wake.set()
 
