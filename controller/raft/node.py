@@ -355,7 +355,8 @@ class RaftNode:
         if self._core.role != Role.LEADER:
             raise NotLeader(self._core.leader, term=self._core.term)
 
-    async def _submit(self, item: tuple, within: float) -> object:
+    def _enqueue(self, item: tuple, within: float) -> asyncio.Future:
+        """Queues `item` for the loop; the future resolves with its outcome or OutcomeUnknown after `within`."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._inbox.append((*item, fut))
@@ -365,10 +366,11 @@ class RaftNode:
         # A timer rather than wait_for(): one handle per proposal instead of a
         # wrapper future, which shows at thousands of proposals per second.
         timer = loop.call_later(within, _expire, fut, within)
-        try:
-            return await fut
-        finally:
-            timer.cancel()
+        fut.add_done_callback(lambda _f: timer.cancel())
+        return fut
+
+    async def _submit(self, item: tuple, within: float) -> object:
+        return await self._enqueue(item, within)
 
     async def propose(self, data: bytes, timeout: float = 5.0) -> object:  # noqa: ASYNC109
         """Replicates `data`; returns state_machine.apply()'s result once applied here."""
@@ -382,14 +384,7 @@ class RaftNode:
         proposal costs more than the proposal itself does in the core).
         """
         self._check_usable()
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._inbox.append(("propose", bytes(data), fut))
-        self._inbox_proposes += 1
-        self._wake.set()
-        timer = loop.call_later(timeout, _expire, fut, timeout)
-        fut.add_done_callback(lambda _f: timer.cancel())
-        return fut
+        return self._enqueue(("propose", bytes(data)), timeout)
 
     async def read_index(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
         """Returns once everything committed at call time is applied here (linearizable read)."""
