@@ -97,13 +97,16 @@ class TaskUpdateBatcher:
         self.r = replica
         self._pending: list[tuple[commands_pb2.TaskUpdate, _TaskTracker]] = []
         self._flushing = 0
+        self._tasks: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
 
     def submit(self, upd: commands_pb2.TaskUpdate, tracker: _TaskTracker) -> None:
         self._pending.append((upd, tracker))
         if self._flushing < self.IN_FLIGHT:
             self._flushing += 1
             # Tasks start in creation order, so batches reach Raft in order.
-            asyncio.get_running_loop().create_task(self._flush())
+            task = asyncio.get_running_loop().create_task(self._flush())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _flush(self) -> None:
         try:
