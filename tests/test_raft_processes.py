@@ -240,6 +240,9 @@ async def test_driver_api_in_process(tmp_path):
         await lead.read_index()
         assert lead.sm.data["a"] == b"1"
         assert set(lead.peer_progress()) == set(peers) and follower.peer_progress() == {}
+        # A follower whose leader's stream was still in its connect backoff at start
+        # may be pre-voting for a moment (as it should); it settles as a follower.
+        await asyncio.wait_for(until(lambda: follower.role == "follower"), 20)
         assert lead.members() == peers and lead.role == "leader" and follower.role == "follower"
 
         # Leadership transfer to the follower.
