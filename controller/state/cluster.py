@@ -280,26 +280,18 @@ class ClusterState:
             out.append(_copy(t))
         return out
 
-    def holding_tasks(self) -> list[types_pb2.Task]:
-        """Tasks holding resources on a node (placed and not finished, or migrating), in creation order.
+    def holding_tasks_sliced(self, size: int = 2000) -> Iterator[list[types_pb2.Task]]:
+        """Tasks holding resources on a node (placed and not finished, or migrating), in
+        creation order, as copies in slices of `size` records for a caller that yields between them.
 
         What a placement view needs of the tasks: copying only these, not every
         task, halves the leader's work per round while a big backlog is pending.
-        """
-        return [
-            _copy(rec.task)
-            for rec in self._s.tasks.values()
-            if (rec.task.node_id and rec.task.state in ACTIVE) or rec.task.migrating_to
-        ]
-
-    def holding_tasks_sliced(self, size: int = 2000) -> Iterator[list[types_pb2.Task]]:
-        """holding_tasks() in slices of `size` records, for a caller that yields between slices.
-
-        At 50,000 tasks holding_tasks() takes about half a second, too long to
-        hold an event loop that must send Raft heartbeats. The ids are taken
-        up front; a task that changes between two slices is copied as it is
-        when its slice comes (so the whole is not one consistent snapshot: a
-        placement plan built from it is checked again by apply, item by item).
+        Even so, at 50,000 tasks the copies take about half a second, too long to
+        hold an event loop that must send Raft heartbeats: hence the slices. The
+        ids are taken up front; a task that changes between two slices is copied
+        as it is when its slice comes (so the whole is not one consistent
+        snapshot: a placement plan built from it is checked again by apply, item
+        by item).
         """
         tasks = self._s.tasks
         ids = list(tasks)
