@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lepton import tls
+from lepton import aio, tls
 from lepton.errors import InvalidArgument
 from lepton.units import parse_cpu, parse_duration, parse_memory, parse_network
 
@@ -146,14 +146,6 @@ def _parse_log_format(text: str) -> str:
     return s
 
 
-def _parse_event_loop(text: str) -> str:
-    from lepton import aio
-
-    choice = str(text).strip().lower()
-    aio.resolve(choice)  # ValueError with the reason when unknown or not installed
-    return choice
-
-
 def _parse_listen(text: str) -> str:
     s = str(text).strip()
     host, sep, port = s.rpartition(":")
@@ -198,9 +190,9 @@ _OPTIONS: dict[str, tuple[Callable[[Any], Any], str, str]] = {
     "log-level": (str, "log_level", "DEBUG, INFO, WARNING or ERROR"),
     "log-format": (_parse_log_format, "log_format", "text (default) or json: one JSON object per line"),
     "event-loop": (
-        _parse_event_loop,
+        aio.parse_setting,
         "event_loop",
-        "auto (default: uvloop when installed), asyncio or uvloop",
+        "asyncio (default), uvloop, or auto (uvloop when installed)",
     ),
     "metrics-listen": (
         _parse_listen,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from lepton import aio
 from lepton.units import parse_duration
 
 
@@ -166,14 +167,6 @@ def _log_format(text: str) -> str:
     return s
 
 
-def _event_loop(text: str) -> str:
-    from lepton import aio
-
-    choice = str(text).strip().lower()
-    aio.resolve(choice)  # ValueError with the reason when unknown or not installed
-    return choice
-
-
 def _level(text: str) -> str:
     s = str(text).upper()
     if s not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -209,7 +202,7 @@ _SETTINGS: dict[str, tuple] = {
     "max_message_bytes": (_pos_int, "largest gRPC message accepted (default 4 MiB)"),
     "log_level": (_level, "DEBUG, INFO, WARNING or ERROR (default INFO)"),
     "log_format": (_log_format, "text (default) or json: one JSON object per line"),
-    "event_loop": (_event_loop, "auto (default: uvloop when installed), asyncio or uvloop"),
+    "event_loop": (aio.parse_setting, "auto (default: uvloop when installed), asyncio or uvloop"),
     "metrics_listen": (_address, "HTTP address for /metrics and /healthz, e.g. 127.0.0.1:9101 (default off)"),
     "restore": (Path, "seed the empty --data-dir from this backup file, then run (docs/backup.md)"),
     "tls_cert": (Path, "PEM certificate of this replica (turns TLS on for the API and Raft)"),

@@ -45,6 +45,13 @@ def resolve(pref: str | None = None) -> str:
     return choice
 
 
+def parse_setting(text: str) -> str:
+    """A configured event loop choice, normalised; ValueError (with the reason) when unusable here."""
+    choice = str(text).strip().lower()
+    resolve(choice)
+    return choice
+
+
 def describe(pref: str | None = None) -> str:
     name = resolve(pref)
     if name == "uvloop":
